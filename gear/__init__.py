@@ -1,0 +1,16 @@
+"""gear: a Gearman client, worker, admin library and job server.
+
+This module only re-exports the public names; the code lives in one
+module per concern (see doc/source/architecture.rst).
+"""
+
+from gear.acl import ACL, ACLEntry, ACLError  # noqa: F401
+from gear.admin import *  # noqa: F401,F403
+from gear.constants import (  # noqa: F401
+    PRECEDENCE_HIGH, PRECEDENCE_LOW, PRECEDENCE_NORMAL)
+from gear.errors import (  # noqa: F401
+    AdminError, ConfigurationError, ConnectionError, DisconnectError,
+    GearmanError, InterruptedError, InvalidDataError,
+    NoConnectedServersError, ProtocolError, RetryIOError, TimeoutError,
+    UnknownJobError)
+from gear.protocol import Packet  # noqa: F401

@@ -1,0 +1,295 @@
+"""The Gearman wire format, without any I/O.
+
+Two things live here:
+
+* :class:`Packet`, one binary message, and :func:`pack` to build one;
+* :class:`InputBuffer`, which is fed raw bytes and hands back complete
+  binary packets or admin text, in arrival order.
+
+Nothing here touches sockets, threads or clocks, so every framing rule
+can be tested byte by byte.
+"""
+
+import struct
+
+from gear import constants
+from gear.errors import InvalidDataError, ProtocolError
+
+_HEADER = struct.Struct('!4sII')
+_unpack_header = _HEADER.unpack_from
+_pack_header = _HEADER.pack
+
+# A default ceiling on one packet's payload; large enough for real jobs,
+# small enough that a hostile length header cannot exhaust memory.
+DEFAULT_MAX_PACKET_SIZE = 64 * 1024 * 1024
+
+# The longest admin line we will buffer while waiting for its newline.
+MAX_ADMIN_LINE = 64 * 1024
+
+_MAGICS = (constants.REQ, constants.RES)
+
+
+def pack(code, ptype, payload=b''):
+    """Return the bytes of one packet: header followed by ``payload``."""
+    return _pack_header(code, ptype, len(payload)) + payload
+
+
+def join_arguments(*arguments):
+    """Join packet arguments with the single NUL separator of the wire."""
+    return b'\x00'.join(arguments)
+
+
+class Packet(object):
+    """A binary Gearman packet.
+
+    :arg bytes code: ``constants.REQ`` or ``constants.RES``.
+    :arg int ptype: the packet type, e.g. ``constants.SUBMIT_JOB``.
+    :arg bytes data: the payload (all arguments, NUL-separated).
+    :arg Connection connection: where it came from or is going.
+    """
+
+    # '__dict__' keeps per-instance overrides (``packet.getJob = ...``)
+    # possible, while the common attributes stay in slots.
+    __slots__ = ('code', 'ptype', 'data', 'connection', '_args',
+                 '__dict__')
+
+    def __init__(self, code, ptype, data, connection=None):
+        if not isinstance(code, (bytes, bytearray)):
+            raise TypeError("code must be of type bytes")
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError("data must be of type bytes")
+        if code[:1] != b'\x00':
+            raise InvalidDataError("First byte of packet must be 0")
+        self.code = code
+        self.ptype = ptype
+        self.data = data
+        self.connection = connection
+        self._args = None
+
+    @classmethod
+    def _trusted(cls, code, ptype, data, connection=None):
+        """Build a packet from fields the parser already validated."""
+        self = cls.__new__(cls)
+        self.code = code
+        self.ptype = ptype
+        self.data = data
+        self.connection = connection
+        self._args = None
+        return self
+
+    def __repr__(self):
+        ptype = constants.types.get(self.ptype, 'UNKNOWN')
+        try:
+            extra = self._formatExtraData()
+        except Exception:
+            extra = ''
+        return '<gear.Packet 0x%x type: %s%s>' % (id(self), ptype, extra)
+
+    def __eq__(self, other):
+        if not isinstance(other, Packet):
+            return False
+        return (self.code == other.code and self.ptype == other.ptype and
+                self.data == other.data)
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    __hash__ = None
+
+    def _formatExtraData(self):
+        t = self.ptype
+        if t in (constants.JOB_ASSIGN, constants.JOB_ASSIGN_UNIQ,
+                 constants.JOB_ASSIGN_ALL):
+            return ' handle: %s function: %s' % (
+                self.getArgument(0), self.getArgument(1))
+        if t in constants.SUBMIT_TYPES or t in (
+                constants.SUBMIT_JOB_EPOCH, constants.SUBMIT_REDUCE_JOB,
+                constants.SUBMIT_REDUCE_JOB_BACKGROUND):
+            return ' function: %s unique: %s' % (
+                self.getArgument(0), self.getArgument(1))
+        if t in (constants.CAN_DO, constants.CANT_DO,
+                 constants.CAN_DO_TIMEOUT):
+            return ' function: %s' % (self.getArgument(0),)
+        if t in (constants.JOB_CREATED, constants.WORK_STATUS,
+                 constants.WORK_COMPLETE, constants.WORK_FAIL,
+                 constants.WORK_EXCEPTION, constants.WORK_DATA,
+                 constants.WORK_WARNING, constants.GET_STATUS,
+                 constants.STATUS_RES):
+            return ' handle: %s' % (self.getArgument(0),)
+        if t == constants.ERROR:
+            return ' code: %s message: %s' % (
+                self.getArgument(0), self.getArgument(1))
+        return ''
+
+    def toBinary(self):
+        """Return the packet as bytes, header included."""
+        return _pack_header(self.code, self.ptype, len(self.data)) + \
+            bytes(self.data)
+
+    @property
+    def arguments(self):
+        """The payload split into its fields (computed once)."""
+        args = self._args
+        if args is None:
+            count = constants.ARGUMENT_COUNTS.get(self.ptype)
+            data = bytes(self.data)
+            if count is None:
+                args = data.split(b'\x00')
+            elif count == 0:
+                args = [data] if data else []
+            else:
+                args = data.split(b'\x00', count - 1)
+            self._args = args
+        return args
+
+    def getArgument(self, index, last=False):
+        """Return the ``index``-th NUL-separated field of the payload.
+
+        :arg bool last: return everything from that field to the end,
+            NUL bytes included.
+        """
+        args = self.arguments
+        if last:
+            if index == len(args) - 1:
+                return args[index]
+            return b'\x00'.join(args[index:])
+        return args[index]
+
+    def getJob(self):
+        """Return the Job this packet refers to, by its handle."""
+        from gear.errors import UnknownJobError
+        handle = self.getArgument(0)
+        job = self.connection.related_jobs.get(handle)
+        if not job:
+            raise UnknownJobError()
+        return job
+
+
+class InputBuffer(object):
+    """Accumulates bytes from a stream and splits them into messages.
+
+    Each message is either a binary packet (it starts with a NUL byte) or
+    admin text (anything else).  Consumed bytes are discarded lazily so
+    that parsing stays linear in the amount of input.
+    """
+
+    __slots__ = ('_buf', '_pos', 'max_packet_size')
+
+    def __init__(self, max_packet_size=DEFAULT_MAX_PACKET_SIZE):
+        self._buf = bytearray()
+        self._pos = 0
+        self.max_packet_size = max_packet_size
+
+    def __len__(self):
+        return len(self._buf) - self._pos
+
+    def __bool__(self):
+        return len(self._buf) > self._pos
+
+    def feed(self, data):
+        """Append bytes read from the peer."""
+        if self._pos and self._pos >= len(self._buf):
+            # Everything was consumed: start over without copying.
+            self._buf = bytearray(data)
+            self._pos = 0
+            return
+        if self._pos > 65536 and self._pos * 2 > len(self._buf):
+            del self._buf[:self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def clear(self):
+        self._buf = bytearray()
+        self._pos = 0
+
+    def unread(self):
+        """Return the unconsumed bytes (a copy)."""
+        return bytes(self._buf[self._pos:])
+
+    def consume(self, count):
+        self._pos += count
+
+    def nextIsBinary(self):
+        """True if the next message is binary, False if text, None if empty.
+        """
+        if self._pos >= len(self._buf):
+            return None
+        return self._buf[self._pos] == 0
+
+    def needed(self):
+        """How many more bytes the next binary packet needs (0 if none)."""
+        avail = len(self._buf) - self._pos
+        if avail < constants.HEADER_SIZE:
+            return constants.HEADER_SIZE - avail
+        size = _unpack_header(self._buf, self._pos)[2]
+        return max(0, constants.HEADER_SIZE + size - avail)
+
+    def readPacket(self):
+        """Return ``(code, ptype, payload)`` for one complete packet.
+
+        Returns None when more bytes are needed.  Raises
+        :class:`ProtocolError` on a bad magic, a type outside 1-42 or a
+        payload larger than ``max_packet_size`` -- as soon as the header
+        is seen, before the payload is buffered.
+        """
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        if end - pos < 12:
+            if end > pos and buf[pos] != 0:
+                raise ProtocolError("Not a binary packet")
+            return None
+        code, ptype, size = _unpack_header(buf, pos)
+        if code not in _MAGICS:
+            raise ProtocolError("Invalid magic code %r" % (code,))
+        if ptype < 1 or ptype > constants.MAX_TYPE:
+            raise ProtocolError("Invalid packet type %d" % (ptype,))
+        if size > self.max_packet_size:
+            raise ProtocolError(
+                "Packet of %d bytes exceeds the maximum of %d" %
+                (size, self.max_packet_size))
+        stop = pos + 12 + size
+        if stop > end:
+            return None
+        payload = bytes(buf[pos + 12:stop])
+        self._pos = stop
+        return code, ptype, payload
+
+    def readLine(self):
+        """Return one admin line without its ``\\n`` (and ``\\r``).
+
+        Returns None when the newline has not arrived yet; raises
+        :class:`ProtocolError` when a line grows past MAX_ADMIN_LINE.
+        """
+        buf = self._buf
+        idx = buf.find(b'\n', self._pos)
+        if idx < 0:
+            if len(buf) - self._pos > MAX_ADMIN_LINE:
+                raise ProtocolError("Admin line too long")
+            return None
+        line = bytes(buf[self._pos:idx])
+        self._pos = idx + 1
+        if line.endswith(b'\r'):
+            line = line[:-1]
+        return line
+
+    def readText(self, is_complete):
+        """Return a complete admin reply, or None if it is not complete.
+
+        ``is_complete(data)`` is an :meth:`AdminRequest.isComplete`: it
+        returns ``(True, remainder)`` once ``data`` holds a whole reply.
+        Only the text up to the next binary packet is offered.
+        """
+        buf = self._buf
+        end = buf.find(b'\x00', self._pos)
+        if end < 0:
+            end = len(buf)
+        data = bytes(buf[self._pos:end])
+        complete, rest = is_complete(data)
+        if not complete:
+            if len(data) > self.max_packet_size:
+                raise ProtocolError("Admin reply too long")
+            return None
+        used = len(data) - (len(rest) if rest else 0)
+        self._pos += used
+        return data[:used]
