@@ -14,3 +14,5 @@ from gear.errors import (  # noqa: F401
     NoConnectedServersError, ProtocolError, RetryIOError, TimeoutError,
     UnknownJobError)
 from gear.protocol import Packet  # noqa: F401
+from gear.server import (  # noqa: F401
+    Server, ServerAdminRequest, ServerConnection, ServerJob)

@@ -1,0 +1,82 @@
+"""Where the server keeps background jobs so that a restart loses none.
+
+The server talks to a store through four calls:
+
+* ``add(job)`` before JOB_CREATED is sent for a background job.  It must
+  not return until the job is durable; any exception makes the server
+  answer ``QUEUE_ERROR`` and forget the job.
+* ``remove(job)`` when such a job ends (completed, failed, cancelled or
+  dropped by the retry limit).  Errors are logged, never raised to peers.
+* ``load()`` once at start: an iterable of :class:`StoredJob` to replay.
+* ``close()`` at shutdown.
+
+``handleCounterStart()`` tells the server the highest handle number the
+store has seen, so that handles do not repeat across restarts.
+
+A store keys jobs by their handle (which never repeats), never by the
+unique: two background jobs with an empty or equal unique are two rows.
+"""
+
+import collections
+
+from gear.errors import ConfigurationError
+
+StoredJob = collections.namedtuple(
+    'StoredJob', 'handle name unique arguments precedence when')
+
+
+class JobStore(object):
+    """The persistence interface; subclasses override every method."""
+
+    #: False for stores that keep nothing; the server then skips the calls.
+    persistent = True
+
+    def load(self):
+        return ()
+
+    def add(self, job):
+        raise NotImplementedError()
+
+    def remove(self, job):
+        raise NotImplementedError()
+
+    def handleCounterStart(self):
+        return 0
+
+    def close(self):
+        pass
+
+
+class NullStore(JobStore):
+    """Keeps nothing: background jobs live in memory only."""
+
+    persistent = False
+
+    def add(self, job):
+        pass
+
+    def remove(self, job):
+        pass
+
+
+def open_store(spec):
+    """Return a store for the Server's ``store`` argument.
+
+    None gives a :class:`NullStore`; a string is a SQLite file path
+    (``gear.server.sqlite_store.SqliteStore``); anything else is used as
+    the store object itself.
+    """
+    if spec is None:
+        return NullStore()
+    if isinstance(spec, str):
+        try:
+            from gear.server.sqlite_store import SqliteStore
+        except ImportError:
+            raise ConfigurationError(
+                "No SQLite job store is available for %r" % (spec,))
+        return SqliteStore(spec)
+    for name in ('add', 'remove', 'load'):
+        if not callable(getattr(spec, name, None)):
+            raise ConfigurationError(
+                "A job store needs add(), remove() and load() methods")
+    return spec
