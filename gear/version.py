@@ -12,7 +12,7 @@ version_info = pbr.version.VersionInfo('gear')
 
 def _version_string():
     try:
-        return version_info.version_string()
+        return version_info.release_string()
     except Exception:
         # Neither installed metadata nor a git checkout to derive it from.
         return '0.0.0'
