@@ -6,6 +6,8 @@ module per concern (see doc/source/architecture.rst).
 
 from gear.acl import ACL, ACLEntry, ACLError  # noqa: F401
 from gear.admin import *  # noqa: F401,F403
+from gear.connection import (  # noqa: F401
+    Connection, NonBlockingConnection, OptionReqTask, SubmitJobTask, Task)
 from gear.constants import (  # noqa: F401
     PRECEDENCE_HIGH, PRECEDENCE_LOW, PRECEDENCE_NORMAL)
 from gear.errors import (  # noqa: F401
@@ -16,3 +18,5 @@ from gear.errors import (  # noqa: F401
 from gear.protocol import Packet  # noqa: F401
 from gear.server import (  # noqa: F401
     Server, ServerAdminRequest, ServerConnection, ServerJob)
+from gear.util import (  # noqa: F401
+    best_tls_version, convert_to_bytes, create_ssl_context)
