@@ -47,6 +47,8 @@ MAX_UNIQUE = 64
 MAX_HANDLE = 64
 MAX_CLIENT_ID = 127
 MIN_CAN_DO_TIMEOUT = 1000
+# The longest single poll wait; far timers are simply re-checked.
+MAX_POLL_WAIT = 3600.0
 # A handle is <prefix>:<n>, at most 63 bytes; n has at most 20 digits.
 MAX_PREFIX = 63 - 21
 
@@ -538,6 +540,14 @@ class Server(admin_mod.AdminHandlers):
             self._stopped.set()
 
     def _pollLoop(self):
+        while self.running:
+            try:
+                self._pollTurns()
+            except Exception:
+                # Never let one bad event stop the server.
+                self.log.exception("Error in the server loop")
+
+    def _pollTurns(self):
         poll = self.poll.poll
         fdmap = self.connection_map
         listen_fd = self._listen_fd
@@ -548,7 +558,8 @@ class Server(admin_mod.AdminHandlers):
         while self.running:
             timeout = -1
             if timers:
-                timeout = max(0.0, timers[0][0] - time.monotonic())
+                timeout = min(MAX_POLL_WAIT,
+                              max(0.0, timers[0][0] - time.monotonic()))
             try:
                 events = poll(timeout)
             except InterruptedError:
