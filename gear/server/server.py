@@ -13,6 +13,7 @@ in :mod:`gear.server.admin`; persistence behind :mod:`gear.server.store`.
 """
 
 import errno
+import functools
 import heapq
 import itertools
 import logging
@@ -21,6 +22,7 @@ import select
 import selectors
 import socket
 import ssl
+import struct
 import threading
 import time
 
@@ -58,6 +60,19 @@ _EV_WRITE = select.EPOLLOUT if _HAS_EPOLL else 4
 _EV_ERR = (select.EPOLLERR | select.EPOLLHUP) if _HAS_EPOLL else 8
 
 _packet_trusted = Packet._trusted
+_new_job = ServerJob.__new__
+_QUEUED = jobstates.QUEUED
+_unpack_type_size = struct.Struct('!II').unpack_from
+MAX_ADMIN_LINE = 64 * 1024
+
+
+def _created_header(size):
+    header = struct.pack('!4sII', RES, constants.JOB_CREATED, size)
+    _CREATED_HEADERS[size] = header
+    return header
+
+
+_CREATED_HEADERS = {}
 _NOOP = pack(RES, constants.NOOP)
 _NO_JOB = pack(RES, constants.NO_JOB)
 _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK)
@@ -438,7 +453,142 @@ class Server(admin_mod.AdminHandlers):
         table = [self._invalidCommand] * (constants.MAX_TYPE + 1)
         for ptype, name in names.items():
             table[ptype] = getattr(self, name)
+        self._fast = self._buildFastHandlers(names, table)
         return table
+
+    def _overridden(self, name):
+        return getattr(type(self), name, None) is not getattr(Server, name)
+
+    def _buildFastHandlers(self, names, table):
+        """Packet type -> f(connection, payload).
+
+        Hot packet types skip building a Packet object, unless a subclass
+        overrides their gear-named hook (then the hook is called, as gear
+        does); statistics timing routes everything through handlePacket.
+        """
+        partial = functools.partial
+        fast = {}
+        if not self._overridden('_handleSubmitJob'):
+            for ptype, (precedence, background) in \
+                    constants.SUBMIT_TYPES.items():
+                fast[ptype] = self._makeSubmitHandler(precedence,
+                                                      background)
+        fast[constants.GRAB_JOB] = partial(self._fastGrab, 0)
+        fast[constants.GRAB_JOB_UNIQ] = partial(self._fastGrab, 1)
+        fast[constants.GRAB_JOB_ALL] = partial(self._fastGrab, 2)
+        if not self._overridden('handlePassthrough'):
+            for ptype in (constants.WORK_COMPLETE, constants.WORK_FAIL,
+                          constants.WORK_EXCEPTION):
+                fast[ptype] = partial(self._passthrough, ptype, True)
+            for ptype in (constants.WORK_DATA, constants.WORK_WARNING,
+                          constants.WORK_STATUS):
+                fast[ptype] = partial(self._passthrough, ptype, False)
+        out = []
+        for ptype in range(constants.MAX_TYPE + 1):
+            name = names.get(ptype)
+            if self._timed:
+                out.append(partial(self._dispatchTimed, ptype))
+            elif ptype in fast and not self._overridden(name):
+                out.append(fast[ptype])
+            else:
+                out.append(partial(self._dispatchPacket, table[ptype], ptype))
+        return out
+
+    def _makeSubmitHandler(self, precedence, background):
+        """A SUBMIT_JOB* handler for one (precedence, background) pair.
+
+        The common case (no ACL, no maxqueue, no store, no coalescing
+        match) runs entirely in this closure; everything else goes through
+        :meth:`_submit`.  It reads the server's settings on every call, so
+        changing ``acl`` or a maxqueue at run time takes effect at once.
+        """
+        server = self
+        q = self.queue
+        jobs = q.jobs
+        functions = q.functions
+        queued = q.queued
+        dirty = self._dirty
+        handle_format = self._handle_format
+        headers = _CREATED_HEADERS
+        submit = self._submit
+        new = _new_job
+        cls = ServerJob
+        state = _QUEUED
+
+        def handler(conn, payload):
+            fields = payload.split(b'\x00', 2)
+            if len(fields) != 3:
+                raise _CloseConnection('malformed SUBMIT_JOB')
+            name, unique, arguments = fields
+            fq = functions.get(name)
+            if fq is None or fq.limits is not None or \
+                    server.acl is not None or (
+                        background and server._persist) or \
+                    len(unique) > MAX_UNIQUE or unique == b'-':
+                submit(conn, name, unique, arguments, precedence,
+                       background)
+                return
+            if unique:
+                job = fq.uniques.get(unique)
+                if job is not None:
+                    submit(conn, name, unique, arguments, precedence,
+                           background)
+                    return
+            else:
+                unique = None
+            n = q.max_handle = q.max_handle + 1
+            handle = handle_format % n
+            job = new(cls)
+            job.handle = handle
+            job.name = fq.name
+            job.arguments = arguments
+            job.unique = unique
+            job.worker_connection = None
+            job.running = False
+            job.precedence = precedence
+            job.background = background
+            job._fq = fq
+            job._state = state
+            if background:
+                job.clients = None
+            else:
+                job.clients = [conn]
+                conn.related_jobs[handle] = job
+            jobs[handle] = job
+            if unique is not None:
+                fq.uniques[unique] = job
+            fq.fifos[precedence].append(job)
+            fq.queued[precedence] += 1
+            queued[precedence] += 1
+            out = conn.send_queue
+            if not out:
+                if conn.closed:
+                    return
+                dirty.append(conn)
+            hdr = headers.get(len(handle))
+            if hdr is None:
+                hdr = _created_header(len(handle))
+            out += hdr
+            out += handle
+            if fq.sleepers:
+                server._wakeFunction(fq)
+            if server.stats is not None:
+                server._updateStats()
+
+        return handler
+
+    def _fastGrab(self, kind, conn, payload):
+        job = self._grab(conn)
+        if job is None:
+            self._send(conn, _NO_JOB)
+        elif kind == 1:
+            self.sendJobAssignUniq(conn, job)
+        elif kind == 0:
+            self.sendJobAssign(conn, job)
+        elif job.reducer is not None:
+            self.sendJobAssignAll(conn, job)
+        else:
+            self.sendJobAssignUniq(conn, job)
 
     def _replay(self):
         """Queue the background jobs the store kept from a previous run."""
@@ -737,12 +887,13 @@ class Server(admin_mod.AdminHandlers):
         if not data:
             self._lostConnection(conn)
             return
-        conn.input_buffer.feed(data)
         try:
-            if self._timed:
-                self._processInputTimed(conn)
-            else:
-                self._processInput(conn)
+            self._processData(conn, data)
+            if len(conn.send_queue) > self.max_output_buffer and \
+                    not conn.closed:
+                self.log.warning("%s is not reading its replies; "
+                                 "disconnecting it", conn)
+                self._deferClose(conn)
         except ProtocolError as e:
             self._protocolError(conn, e)
         except _CloseConnection as e:
@@ -753,53 +904,108 @@ class Server(admin_mod.AdminHandlers):
                                conn)
             self._lostConnection(conn)
 
-    def _processInput(self, conn):
+    def _processData(self, conn, data):
+        """Handle every complete message in ``data`` (plus what an earlier
+        read left over).
+
+        Messages are sliced straight out of the received bytes; only a
+        message cut by the end of a read is kept in ``input_buffer``,
+        which validates its header as soon as the header is complete.
+        """
         buf = conn.input_buffer
-        handlers = self._handlers
-        trusted = _packet_trusted
-        while not conn.closed:
-            binary = buf.nextIsBinary()
-            if binary is None:
+        if buf:
+            buf.feed(data)
+            if not self._processBuffered(conn, buf):
                 return
-            if binary:
-                parsed = buf.readPacket()
-                if parsed is None:
+            data = buf.unread()
+            buf.clear()
+        pos = 0
+        end = len(data)
+        fast = self._fast
+        maxsize = self.max_packet_size
+        unpack = _unpack_type_size
+        while pos < end:
+            if conn.closed:
+                return
+            if data[pos] == 0:
+                if end - pos < 12:
+                    buf.feed(data[pos:])
+                    buf.readPacket()  # validates what there is
                     return
-                code, ptype, payload = parsed
-                if code != REQ:
+                ptype, size = unpack(data, pos + 4)
+                if data.startswith(REQ, pos):
+                    request = True
+                elif data.startswith(RES, pos):
+                    request = False
+                else:
+                    raise ProtocolError("Invalid magic code %r" % (
+                        data[pos:pos + 4],))
+                if ptype < 1 or ptype > 42:
+                    raise ProtocolError("Invalid packet type %d" % ptype)
+                if size > maxsize:
+                    self._oversized(conn, size)
+                    return
+                stop = pos + 12 + size
+                if stop > end:
+                    buf.feed(data[pos:])
+                    return
+                payload = data[pos + 12:stop]
+                pos = stop
+                if request:
+                    fast[ptype](conn, payload)
+                else:
                     self.sendError(conn, b'INVALID_MAGIC',
                                    b'Request magic expected')
-                    continue
-                handlers[ptype](trusted(code, ptype, payload, conn))
             else:
-                line = buf.readLine()
-                if line is None:
+                nl = data.find(b'\n', pos)
+                if nl < 0:
+                    if end - pos > MAX_ADMIN_LINE:
+                        raise ProtocolError("Admin line too long")
+                    buf.feed(data[pos:])
                     return
+                line = data[pos:nl]
+                pos = nl + 1
+                if line.endswith(b'\r'):
+                    line = line[:-1]
                 self.handleAdminRequest(
                     ServerAdminRequest._fromLine(conn, line))
 
-    def _processInputTimed(self, conn):
-        buf = conn.input_buffer
-        while not conn.closed:
-            binary = buf.nextIsBinary()
-            if binary is None:
-                return
-            if binary:
-                parsed = buf.readPacket()
-                if parsed is None:
-                    return
-                code, ptype, payload = parsed
-                if code != REQ:
-                    self.sendError(conn, b'INVALID_MAGIC',
-                                   b'Request magic expected')
-                    continue
-                self.handlePacket(_packet_trusted(code, ptype, payload, conn))
+    def _processBuffered(self, conn, buf):
+        """Finish the message a previous read cut short.
+
+        Returns True once it was handled (the rest of the buffer can then
+        take the fast path), False while more bytes are needed.
+        """
+        if buf.nextIsBinary():
+            parsed = buf.readPacket()
+            if parsed is None:
+                return False
+            code, ptype, payload = parsed
+            if code == REQ:
+                self._fast[ptype](conn, payload)
             else:
-                line = buf.readLine()
-                if line is None:
-                    return
-                self.handleAdminRequest(
-                    ServerAdminRequest._fromLine(conn, line))
+                self.sendError(conn, b'INVALID_MAGIC',
+                               b'Request magic expected')
+            return True
+        line = buf.readLine()
+        if line is None:
+            return False
+        self.handleAdminRequest(ServerAdminRequest._fromLine(conn, line))
+        return True
+
+    def _oversized(self, conn, size):
+        self.sendError(conn, b'ARGUMENT_TOO_LARGE',
+                       b'Packet exceeds the maximum size')
+        self._flushConnection(conn)
+        self.log.info("Closing %s: packet of %d bytes exceeds the maximum "
+                      "of %d", conn, size, self.max_packet_size)
+        self._lostConnection(conn)
+
+    def _dispatchPacket(self, hook, ptype, conn, payload):
+        hook(_packet_trusted(REQ, ptype, payload, conn))
+
+    def _dispatchTimed(self, ptype, conn, payload):
+        self.handlePacket(_packet_trusted(REQ, ptype, payload, conn))
 
     def handlePacket(self, packet):
         """Dispatch one packet by type, timing it for statistics."""
@@ -881,9 +1087,11 @@ class Server(admin_mod.AdminHandlers):
                 self._setEvents(conn, _EV_READ | _EV_WRITE)
 
     def _flushAllConnections(self):
+        # The list object is shared with the submit handlers: empty it in
+        # place.
         while self._dirty:
-            dirty = self._dirty
-            self._dirty = []
+            dirty = self._dirty[:]
+            del self._dirty[:]
             for conn in dirty:
                 if not conn.closed:
                     self._flushConnection(conn)
@@ -1227,10 +1435,22 @@ class Server(admin_mod.AdminHandlers):
 
     def _submit(self, conn, name, unique, arguments, precedence, background,
                 when=0, reducer=None):
-        if len(unique) > MAX_UNIQUE:
-            self.sendError(conn, b'ARGUMENT_TOO_LARGE',
-                           b'Unique value too large')
-            return
+        """Create (or coalesce) one job and answer JOB_CREATED.
+
+        This is the hottest path of the server, so the queue operations of
+        JobQueue.add() are inlined here for the common case.
+        """
+        q = self.queue
+        fq = q.functions.get(name)
+        key = None
+        if unique:
+            if len(unique) > MAX_UNIQUE:
+                self.sendError(conn, b'ARGUMENT_TOO_LARGE',
+                               b'Unique value too large')
+                return
+            key = unique_key(unique, arguments)
+        else:
+            unique = None
         if self.acl is not None and not self.acl.canInvoke(
                 conn.ssl_subject, _decode(name)):
             self.log.info("ACL denied %s submitting %r", conn.ssl_subject,
@@ -1238,13 +1458,10 @@ class Server(admin_mod.AdminHandlers):
             self.sendError(conn, b'PERMISSION_DENIED',
                            b'Permission denied by ACL')
             return
-        q = self.queue
-        fq = q.functions.get(name)
         if fq is None:
             fq = q.function(name)
         else:
             name = fq.name
-        key = unique_key(unique, arguments) if unique else None
         if key is not None:
             job = fq.uniques.get(key)
             if job is not None:
@@ -1260,10 +1477,23 @@ class Server(admin_mod.AdminHandlers):
         if fq.limits is not None and q.isFull(fq, precedence):
             self.sendError(conn, b'QUEUE_ERROR', b'Job queue is full')
             return
-        handle = self._handle_format % q.nextHandleNumber()
-        job = ServerJob._new(handle, name, arguments, unique or None,
-                             None if background else [conn], precedence,
-                             background)
+        n = q.max_handle = q.max_handle + 1
+        handle = self._handle_format % n
+        job = _new_job(ServerJob)
+        job.handle = handle
+        job.name = name
+        job.arguments = arguments
+        job.unique = unique
+        job.worker_connection = None
+        job.running = False
+        job.precedence = precedence
+        job.background = background
+        job._fq = fq
+        if background:
+            job.clients = None
+        else:
+            job.clients = [conn]
+            conn.related_jobs[handle] = job
         if when:
             job.when = when
         if reducer is not None:
@@ -1279,16 +1509,30 @@ class Server(admin_mod.AdminHandlers):
                 return
             if self._store_flush is not None:
                 self._store_acked.append(conn)
-        if when:
-            q.add(job, fq, key, time.time())
-        else:
-            q.add(job, fq, key)
-        if not background:
-            conn.related_jobs[handle] = job
-        self._send(conn, pack(RES, constants.JOB_CREATED, handle))
-        if job._state == jobstates.EPOCH:
+        q.jobs[handle] = job
+        if key is not None:
+            fq.uniques[key] = job
+        if when and when > time.time():
+            q._park(job, fq, when)
             self._armEpochTimer(fq)
-        elif fq.sleepers:
+            self._send(conn, pack(RES, constants.JOB_CREATED, handle))
+            return
+        else:
+            fq.fifos[precedence].append(job)
+            fq.queued[precedence] += 1
+            q.queued[precedence] += 1
+            job._state = _QUEUED
+        out = conn.send_queue
+        if not out:
+            if conn.closed:
+                return
+            self._dirty.append(conn)
+        hdr = _CREATED_HEADERS.get(len(handle))
+        if hdr is None:
+            hdr = _created_header(len(handle))
+        out += hdr
+        out += handle
+        if fq.sleepers:
             self._wakeFunction(fq)
         if self.stats is not None:
             self._updateStats()
@@ -1453,11 +1697,13 @@ class Server(admin_mod.AdminHandlers):
 
         Only the worker the job is assigned to may send it; anything else
         gets ERROR JOB_NOT_FOUND.  WORK_EXCEPTION becomes WORK_FAIL for
-        clients without the ``exceptions`` option.
+        clients without the ``exceptions`` option.  Returns the job, or
+        None if the packet was refused.
         """
-        conn = packet.connection
-        data = packet.data
-        ptype = packet.ptype
+        return self._passthrough(packet.ptype, finished, packet.connection,
+                                 packet.data)
+
+    def _passthrough(self, ptype, finished, conn, data):
         end = data.find(b'\x00')
         handle = data if end < 0 else data[:end]
         job = self.queue.jobs.get(handle)
@@ -1472,6 +1718,10 @@ class Server(admin_mod.AdminHandlers):
                                    ptype, b'Job given in work result '
                                    b'not found'))
             return None
+        if ptype == constants.WORK_STATUS:
+            fields = data.split(b'\x00', 2)
+            job.numerator = fields[1] if len(fields) > 1 else b'0'
+            job.denominator = fields[2] if len(fields) > 2 else b'0'
         clients = job.clients
         if clients:
             if ptype == constants.WORK_EXCEPTION:
@@ -1509,11 +1759,7 @@ class Server(admin_mod.AdminHandlers):
         self.handlePassthrough(packet)
 
     def handleWorkStatus(self, packet):
-        job = self.handlePassthrough(packet)
-        if job is not None:
-            fields = packet.data.split(b'\x00', 2)
-            job.numerator = fields[1] if len(fields) > 1 else b'0'
-            job.denominator = fields[2] if len(fields) > 2 else b'0'
+        self.handlePassthrough(packet)
 
     # -- packet handlers: status and options -----------------------------------
 
