@@ -1,0 +1,449 @@
+"""The Gearman client: submit jobs and follow them to completion."""
+
+import collections
+import datetime
+import logging
+import time
+import uuid
+
+from gear import constants
+from gear.base import BaseClient
+from gear.connection import (
+    GetStatusTask, GetStatusUniqueTask, OptionReqTask, SubmitJobTask)
+from gear.errors import (
+    ConfigurationError, ConnectionError, GearmanError,
+    NoConnectedServersError, TimeoutError, UnknownJobError)
+from gear.protocol import Packet
+from gear.util import convert_to_bytes, to_text
+
+_PRECEDENCES = (constants.PRECEDENCE_NORMAL, constants.PRECEDENCE_LOW,
+                constants.PRECEDENCE_HIGH)
+
+
+def _epoch_seconds(when):
+    if isinstance(when, datetime.datetime):
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ConfigurationError("when must be an aware datetime")
+        return int(when.timestamp())
+    if isinstance(when, bool) or not isinstance(when, (int, float)):
+        raise ConfigurationError(
+            "when must be epoch seconds or an aware datetime")
+    return int(when)
+
+
+def _handle_of(packet):
+    """The job handle of a WORK_* packet.
+
+    gearmand's WORK_FAIL made from a WORK_EXCEPTION carries a stray
+    trailing NUL after the handle; tolerate it.
+    """
+    handle = packet.getArgument(0)
+    if handle.endswith(b'\x00'):
+        handle = handle.rstrip(b'\x00')
+    return handle
+
+
+class Client(BaseClient):
+    """A Gearman client.
+
+    :arg str client_id: shown by the server's ``workers`` command and
+        used in log names.
+    :arg bool exceptions: ask every server for WORK_EXCEPTION packets
+        (OPTION_REQ ``exceptions``) on each (re)connection, so that
+        ``job.exception`` is set; without it gearmand sends WORK_FAIL.
+    """
+
+    #: Seconds a server may take to answer an echo after it failed to
+    #: answer a submission in time; if it does not, it is disconnected.
+    probe_timeout = 5.0
+
+    def __init__(self, client_id='unknown', exceptions=True):
+        super(Client, self).__init__(client_id)
+        self.log = logging.getLogger(
+            "gear.Client.%s" % (to_text(self.client_id),))
+        self.options = set()
+        self.exceptions = exceptions
+
+    def __repr__(self):
+        return '<gear.Client 0x%x>' % id(self)
+
+    # Connection set-up
+
+    def _onConnect(self, conn):
+        if self.client_id:
+            conn.sendPacket(Packet(constants.REQ, constants.SET_CLIENT_ID,
+                                   self.client_id))
+        options = set(self.options)
+        if self.exceptions:
+            options.add(b'exceptions')
+        for option in sorted(options):
+            # Not waited for: a server that never answers OPTION_REQ has
+            # the request retired by the next reply it does send.
+            conn.sendRequest(
+                Packet(constants.REQ, constants.OPTION_REQ, option),
+                OptionReqTask(option))
+
+    # Submitting
+
+    def submitJob(self, job, background=False,
+                  precedence=constants.PRECEDENCE_NORMAL, timeout=30,
+                  when=None):
+        """Submit ``job`` to the next server in turn.
+
+        If a server cannot be reached, answers with an ERROR or does not
+        answer within ``timeout`` seconds, the next one is tried.
+
+        :arg bool background: the client will not follow the job.
+        :arg int precedence: one of the ``PRECEDENCE_*`` constants.
+        :arg when: run no earlier than this (epoch seconds or an aware
+            datetime); needs ``background=True`` and normal precedence.
+        :raises ConfigurationError: bad precedence or ``when``.
+        :raises NoConnectedServersError: no server is connected.
+        :raises GearmanError: no connected server accepted the job.
+        """
+        if precedence not in _PRECEDENCES:
+            raise ConfigurationError("Invalid precedence value")
+        unique = job.binary_unique
+        if background and unique is None:
+            # Without a unique, gearmand's persistent queues would let
+            # such jobs overwrite one another.
+            unique = uuid.uuid4().hex.encode('ascii')
+            job._unique = unique
+        fields = [job.binary_name, unique or b'']
+        if when is not None:
+            if not background or precedence != constants.PRECEDENCE_NORMAL:
+                raise ConfigurationError(
+                    "when= needs background=True and normal precedence")
+            ptype = constants.SUBMIT_JOB_EPOCH
+            fields.append(str(_epoch_seconds(when)).encode('ascii'))
+        else:
+            ptype = constants.SUBMIT_TYPE_FOR[(precedence, bool(background))]
+        fields.append(bytes(job.binary_arguments))
+        packet = Packet(constants.REQ, ptype, b'\x00'.join(fields))
+
+        conns = self._connectionsInTurn()
+        if not conns:
+            raise NoConnectedServersError("No connected Gearman servers")
+        for conn in conns:
+            task = SubmitJobTask(job)
+            task.background = bool(background)
+            try:
+                conn.sendRequest(packet, task)
+            except Exception:
+                self.log.exception("Error submitting job to %s", conn)
+                self._lostConnection(conn)
+                continue
+            if not task.wait(timeout):
+                if task.abandon():
+                    self.log.warning("Timed out waiting for a job handle"
+                                     " from %s", conn)
+                    self._probe(conn)
+                    continue
+            if task.failed:
+                self.log.debug("Submission of %s to %s failed: %s", job,
+                               conn, task.error)
+                continue
+            return
+        raise GearmanError("Unable to submit job to any connected servers")
+
+    def _probe(self, conn):
+        """Drop ``conn`` if it does not answer an echo either."""
+        try:
+            conn.echo(timeout=self.probe_timeout)
+        except (TimeoutError, ConnectionError, OSError) as e:
+            self.log.warning("%s does not answer (%s); disconnecting", conn,
+                             e.__class__.__name__)
+            self._lostConnection(conn)
+
+    def setOption(self, name, timeout=30):
+        """Set an option (e.g. ``exceptions``) on every server.
+
+        The option is remembered and set again after reconnections.
+
+        :returns: False if any server timed out or refused it.
+        """
+        name = convert_to_bytes(name)
+        self.options.add(name)
+        ok = True
+        tasks = []
+        with self.broadcast_lock:
+            with self.connections_condition:
+                conns = self.active_connections[:]
+            for conn in conns:
+                task = OptionReqTask(name)
+                try:
+                    conn.sendRequest(
+                        Packet(constants.REQ, constants.OPTION_REQ, name),
+                        task)
+                except Exception:
+                    self.log.exception("Error setting option on %s", conn)
+                    self._lostConnection(conn)
+                    ok = False
+                    continue
+                tasks.append(task)
+        deadline = time.monotonic() + timeout
+        for task in tasks:
+            remaining = max(0.0, deadline - time.monotonic())
+            if not task.wait(remaining) and task.abandon():
+                ok = False
+            elif task.failed:
+                ok = False
+        return ok
+
+    # Status queries
+
+    def getStatus(self, job, timeout=30):
+        """Ask the job's server for its status and update ``job``.
+
+        Updates ``known``, ``running``, ``numerator``, ``denominator``
+        and ``fraction_complete``.
+
+        :raises UnknownJobError: the job has no handle or connection.
+        :raises TimeoutError: no answer within ``timeout`` seconds.
+        :raises GearmanError: the server answered with an ERROR or the
+            connection was lost.
+        """
+        conn = job.connection
+        if not job.handle or conn is None:
+            raise UnknownJobError()
+        if not conn.connected:
+            raise ConnectionError("%s is not connected" % (conn,))
+        task = GetStatusTask(job)
+        packet = Packet(constants.REQ, constants.GET_STATUS, job.handle)
+        try:
+            conn.sendRequest(packet, task)
+        except Exception:
+            self._lostConnection(conn)
+            raise
+        if not task.wait(timeout) and task.abandon():
+            raise TimeoutError()
+        if task.failed:
+            raise GearmanError("Status request for %s failed: %s" %
+                               (job, task.error))
+        return job
+
+    def getStatusUnique(self, unique, timeout=30):
+        """Look a job up by its unique on every connected server.
+
+        :returns: ``(known, running, numerator, denominator,
+            waiting_clients)`` from the first server that knows it, or
+            ``(False, False, b'0', b'0', 0)``.
+        :raises NoConnectedServersError: no server is connected.
+        :raises TimeoutError: no server answered in time.
+        """
+        unique = convert_to_bytes(unique)
+        with self.connections_condition:
+            conns = self.active_connections[:]
+        if not conns:
+            raise NoConnectedServersError("No connected Gearman servers")
+        tasks = []
+        for conn in conns:
+            task = GetStatusUniqueTask(unique)
+            try:
+                conn.sendRequest(Packet(constants.REQ,
+                                        constants.GET_STATUS_UNIQUE, unique),
+                                 task)
+            except Exception:
+                self.log.exception("Error querying %s", conn)
+                self._lostConnection(conn)
+                continue
+            tasks.append(task)
+        deadline = time.monotonic() + timeout
+        answered = False
+        for task in tasks:
+            remaining = max(0.0, deadline - time.monotonic())
+            if not task.wait(remaining) and task.abandon():
+                continue
+            if task.failed or task.result is None:
+                continue
+            answered = True
+            if task.result[0]:
+                return task.result
+        if tasks and not answered:
+            raise TimeoutError()
+        return (False, False, b'0', b'0', 0)
+
+    # Replies
+
+    def handleJobCreated(self, packet):
+        task = self._takeReply(packet)
+        handle = packet.getArgument(0)
+        if not isinstance(task, SubmitJobTask):
+            self.log.warning("JOB_CREATED %s from %s matches no submission",
+                             to_text(handle), packet.connection)
+            return None
+        if not task.claim():
+            self.log.debug("Late JOB_CREATED %s for an abandoned submission",
+                           to_text(handle))
+            return None
+        job = task.job
+        job.handle = handle
+        job.connection = packet.connection
+        if not task.background:
+            self._trackJob(packet.connection, handle, job)
+        task.setComplete()
+        return job
+
+    @staticmethod
+    def _trackJob(conn, handle, job):
+        first = conn.related_jobs.get(handle)
+        if first is None:
+            conn.related_jobs[handle] = job
+            return
+        # The server coalesced this submission with an earlier one: it
+        # will send one copy of each WORK_* packet per submission.
+        group = conn.coalesced_jobs.get(handle)
+        if group is None:
+            group = conn.coalesced_jobs[handle] = collections.deque([first])
+        group.append(job)
+
+    def _jobForUpdate(self, packet, final):
+        """The Job a WORK_* packet updates (copies go round-robin)."""
+        conn = packet.connection
+        handle = _handle_of(packet)
+        group = conn.coalesced_jobs.get(handle) if conn is not None \
+            else None
+        if group:
+            job = group[0]
+            group.rotate(-1)
+            if final:
+                group.remove(job)
+                if len(group) > 1:
+                    conn.related_jobs[handle] = group[0]
+                else:
+                    del conn.coalesced_jobs[handle]
+                    conn.related_jobs[handle] = group[0]
+            return job
+        if conn is not None and handle != packet.getArgument(0):
+            job = conn.related_jobs.get(handle)
+        else:
+            try:
+                job = packet.getJob()
+            except UnknownJobError:
+                job = None
+        if job is None:
+            self.log.debug("Packet %s for a job this client does not follow",
+                           packet)
+            return None
+        if final and conn is not None:
+            conn.related_jobs.pop(handle, None)
+        return job
+
+    def handleWorkComplete(self, packet):
+        job = self._jobForUpdate(packet, True)
+        if job is None:
+            return None
+        data = packet.getArgument(1, True)
+        if data:
+            job.data.append(data)
+        job.complete = True
+        job.failure = False
+        return job
+
+    def handleWorkFail(self, packet):
+        job = self._jobForUpdate(packet, True)
+        if job is None:
+            return None
+        job.complete = True
+        job.failure = True
+        return job
+
+    def handleWorkException(self, packet):
+        job = self._jobForUpdate(packet, True)
+        if job is None:
+            return None
+        job.exception = packet.getArgument(1, True)
+        job.complete = True
+        job.failure = True
+        return job
+
+    def handleWorkData(self, packet):
+        job = self._jobForUpdate(packet, False)
+        if job is None:
+            return None
+        data = packet.getArgument(1, True)
+        if data:
+            job.data.append(data)
+        return job
+
+    def handleWorkWarning(self, packet):
+        job = self._jobForUpdate(packet, False)
+        if job is None:
+            return None
+        data = packet.getArgument(1, True)
+        if data:
+            job.data.append(data)
+        job.warning = True
+        return job
+
+    def handleWorkStatus(self, packet):
+        job = self._jobForUpdate(packet, False)
+        if job is None:
+            return None
+        self._setProgress(job, packet.getArgument(1), packet.getArgument(2))
+        return job
+
+    @staticmethod
+    def _setProgress(job, numerator, denominator):
+        job.numerator = numerator
+        job.denominator = denominator
+        try:
+            job.fraction_complete = float(numerator) / float(denominator)
+        except (TypeError, ValueError, ZeroDivisionError):
+            job.fraction_complete = None
+
+    def handleStatusRes(self, packet):
+        task = self._takeReply(packet)
+        if isinstance(task, GetStatusTask):
+            job = task.job
+        else:
+            if task is not None:
+                task.fail()
+            try:
+                job = packet.getJob()
+            except UnknownJobError:
+                self.log.debug("STATUS_RES for an unknown job: %s", packet)
+                return None
+        args = packet.arguments
+        job.known = (args[1] == b'1')
+        job.running = (args[2] == b'1')
+        self._setProgress(job, args[3] if len(args) > 3 else None,
+                          args[4] if len(args) > 4 else None)
+        if task is not None:
+            task.setComplete()
+        return job
+
+    def handleStatusResUnique(self, packet):
+        task = self._takeReply(packet)
+        args = packet.arguments
+        try:
+            waiting = int(args[5])
+        except (IndexError, ValueError):
+            waiting = 0
+        result = (args[1] == b'1', args[2] == b'1',
+                  args[3] if len(args) > 3 else b'0',
+                  args[4] if len(args) > 4 else b'0', waiting)
+        if isinstance(task, GetStatusUniqueTask):
+            task.result = result
+            task.setComplete()
+        elif task is not None:
+            task.fail()
+        return result
+
+    def handleOptionRes(self, packet):
+        task = self._takeReply(packet)
+        option = packet.getArgument(0)
+        packet.connection.handleOptionRes(option)
+        if task is not None:
+            task.setComplete()
+        return option
+
+    def handleDisconnect(self, job):
+        """Mark a job lost with its connection as failed and complete.
+
+        Override (without calling this) to resubmit it instead.
+        """
+        job.complete = True
+        job.failure = True
+        job.disconnected = True
+        return job
