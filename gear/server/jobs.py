@@ -32,9 +32,9 @@ class ServerJob(object):
     ``ignore`` (cancelled or abandoned while running).
     """
 
-    __slots__ = ('handle', 'name', 'arguments', 'unique', 'clients',
-                 'worker_connection', 'running', 'precedence',
-                 'background', '_state', '_fq', '__dict__')
+    __slots__ = ('handle', 'arguments', 'unique', 'clients',
+                 'worker_connection', 'precedence', 'background', '_state',
+                 '_fq', '__dict__')
 
     # Rarely set; a write lands in the instance __dict__ only for the few
     # jobs that need it.
@@ -56,34 +56,57 @@ class ServerJob(object):
     def __init__(self, handle, name, arguments, client_connection=None,
                  unique=None):
         self.handle = handle
+        self._fq = None
         self.name = _as_bytes(name)
         self.arguments = _as_bytes(arguments)
         self.unique = _as_bytes(unique) if unique else None
         self.clients = [client_connection] if client_connection else None
         self.worker_connection = None
-        self.running = False
         self.precedence = constants.PRECEDENCE_NORMAL
         self.background = client_connection is None
         self._state = NEW
-        self._fq = None
 
     @classmethod
     def _new(cls, handle, name, arguments, unique, clients, precedence,
-             background):
-        """Fast constructor for the submit path (fields already checked)."""
+             background, fq=None):
+        """Constructor for trusted fields (replay, tests)."""
         self = cls.__new__(cls)
         self.handle = handle
-        self.name = name
+        self._fq = fq
+        if fq is None:
+            self.__dict__['_name'] = name
         self.arguments = arguments
         self.unique = unique
         self.clients = clients
         self.worker_connection = None
-        self.running = False
         self.precedence = precedence
         self.background = background
         self._state = NEW
-        self._fq = None
         return self
+
+    # The name lives in the job's FunctionQueue (one bytes object per
+    # function instead of one per job); a job not queued yet keeps its own.
+    @property
+    def name(self):
+        fq = self._fq
+        if fq is not None:
+            return fq.name
+        return self.__dict__.get('_name')
+
+    @name.setter
+    def name(self, value):
+        self.__dict__['_name'] = value
+
+    @property
+    def running(self):
+        """True while a worker holds the job."""
+        return self._state == RUNNING
+
+    @running.setter
+    def running(self, value):
+        # Scheduling overrides written for gear set this flag themselves
+        # (sometimes on a mere peek); the server's own state decides.
+        pass
 
     @property
     def client_connection(self):

@@ -242,7 +242,6 @@ class JobQueue(object):
         elif state != DETACHED:
             return False
         job.worker_connection = None
-        job.running = False
         d = job.__dict__
         if d:
             d.pop('numerator', None)
@@ -335,7 +334,6 @@ class JobQueue(object):
         state = job._state
         if state == RUNNING:
             job.worker_connection = connection
-            job.running = True
             return
         if state == QUEUED:
             self.detach(job)
@@ -350,7 +348,6 @@ class JobQueue(object):
         self.running += 1
         job._state = RUNNING
         job.worker_connection = connection
-        job.running = True
 
     # -- removal -------------------------------------------------------------
 
@@ -382,7 +379,6 @@ class JobQueue(object):
             fq.epoch_count -= 1
             self.epoch_count -= 1
         job._state = DONE
-        job.running = False
         if self.jobs.get(job.handle) is job:
             del self.jobs[job.handle]
         if job.unique:
@@ -470,6 +466,7 @@ class PriorityView(object):
         if job._state == QUEUED:
             jq.detach(job)
         fq = jq.function(job.name)
+        job.__dict__.pop('_name', None)
         if job._state == RUNNING:
             fq.running -= 1
             jq.running -= 1
@@ -490,7 +487,6 @@ class PriorityView(object):
                     fq.uniques.setdefault(key, job)
         else:
             jq._mark(job)
-        job.running = False
         job.worker_connection = None
         jq._append(job, fq, self.precedence)
         if jq.on_enqueue is not None:

@@ -540,11 +540,9 @@ class Server(admin_mod.AdminHandlers):
             handle = handle_format % n
             job = new(cls)
             job.handle = handle
-            job.name = fq.name
             job.arguments = arguments
             job.unique = unique
             job.worker_connection = None
-            job.running = False
             job.precedence = precedence
             job.background = background
             job._fq = fq
@@ -636,7 +634,7 @@ class Server(admin_mod.AdminHandlers):
         fq = q.function(name)
         key = unique_key(unique, arguments)
         job = ServerJob._new(handle, name, arguments, unique, None,
-                             precedence, True)
+                             precedence, True, fq)
         if record.when:
             job.when = record.when
         job._order = (q.max_handle, 0)
@@ -1481,11 +1479,9 @@ class Server(admin_mod.AdminHandlers):
         handle = self._handle_format % n
         job = _new_job(ServerJob)
         job.handle = handle
-        job.name = name
         job.arguments = arguments
         job.unique = unique
         job.worker_connection = None
-        job.running = False
         job.precedence = precedence
         job.background = background
         job._fq = fq

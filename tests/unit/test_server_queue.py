@@ -350,7 +350,19 @@ class TestServerJob(testtools.TestCase):
         self.assertEqual(['c'], job.clients)
 
     def test_compact(self):
-        job = ServerJob._new(b'H:1', b'n', b'a', None, None, NORMAL, True)
+        q = JobQueue()
+        job = ServerJob._new(b'H:1', b'n', b'a', None, None, NORMAL, True,
+                             q.function(b'n'))
+        self.assertEqual(b'n', job.name)
         # No per-instance dict until someone sets a rare attribute.
         self.assertEqual({}, job.__dict__)
-        self.assertLessEqual(job.__sizeof__(), 120)
+        self.assertLessEqual(job.__sizeof__(), 100)
+
+    def test_running_follows_state(self):
+        q = JobQueue()
+        job = ServerJob._new(b'H:1', b'n', b'a', None, None, NORMAL, True)
+        q.add(job, q.function(b'n'))
+        job.running = True  # what gear-style overrides do on a peek
+        self.assertFalse(job.running)
+        q.start(q.take([q.function(b'n')]), 'w')
+        self.assertTrue(job.running)
