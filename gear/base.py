@@ -551,6 +551,9 @@ class BaseClient(BaseClientServer):
             self.log.debug("Echo response with no waiter: %r", data)
         return data
 
+    # ERROR codes sent only about packets that have no reply of their own.
+    _UNSOLICITED_ERRORS = frozenset((b'JOB_NOT_FOUND',))
+
     def handleError(self, packet):
         """Fail the request this ERROR answers, or log it.
 
@@ -560,7 +563,11 @@ class BaseClient(BaseClientServer):
         code = packet.getArgument(0)
         text = packet.getArgument(1, True) if len(packet.arguments) > 1 \
             else b''
-        task = self._takeReply(packet)
+        if code in self._UNSOLICITED_ERRORS:
+            # Only answers a WORK_* packet, never an awaited request.
+            task = None
+        else:
+            task = self._takeReply(packet)
         if task is None:
             self.log.warning("Received ERROR %s %r from %s", to_text(code),
                              text, packet.connection)

@@ -427,6 +427,16 @@ class TestReplies(ClientTestCase):
             constants.ERROR, b'JOB_NOT_FOUND\x00gone', a)))
         self.assertEqual([a], self.client.active_connections)
 
+    def test_job_not_found_never_takes_a_request(self):
+        conn = self.add(RecordingConnection())
+        echo = gear.connection.EchoTask(b'x')
+        conn.pending_tasks.append(echo)
+        self.client.handlePacket(res(
+            constants.ERROR, b'JOB_NOT_FOUND\x00Job given in work result'
+            b' not found', conn))
+        self.assertFalse(echo.failed)
+        self.assertEqual([echo], list(conn.pending_tasks))
+
     def test_reply_retires_skipped_requests(self):
         conn = self.add(RecordingConnection())
         option = gear.OptionReqTask(b'exceptions')
