@@ -261,6 +261,9 @@ class TestSubmit(ClientTestCase):
         self.client.submitJob(job, timeout=0.05)
         self.assertIs(other, job.connection)
         self.assertEqual(b'H:b:1', job.handle)
+        # The silent server did not answer the echo probe either.
+        self.assertEqual([other], self.client.active_connections)
+        self.assertIn(silent, self.client.inactive_connections)
 
     def test_late_job_created_is_consumed(self):
         conn = self.add(RecordingConnection())
