@@ -14,6 +14,7 @@ import socket
 import ssl
 
 from gear.admin import AdminRequest
+from gear.connection import NonBlockingConnection
 from gear.errors import RetryIOError
 from gear.protocol import DEFAULT_MAX_PACKET_SIZE, InputBuffer, Packet
 
@@ -60,8 +61,12 @@ class ServerAdminRequest(AdminRequest):
             id(self), self.command)
 
 
-class ServerConnection(object):
+class ServerConnection(NonBlockingConnection):
     """A client, worker or admin connection accepted by the server.
+
+    It is a :class:`gear.NonBlockingConnection` for ``isinstance`` and the
+    shared read/write contract, but builds its own state: it never
+    connects, and its send queue is one bytearray.
 
     :arg addr: the peer address (``addr[0]`` is the host, ``addr[1]`` the
         port; gear's tests pass a plain string).
@@ -85,6 +90,7 @@ class ServerConnection(object):
         self.state_time = None
         self.send_queue = bytearray()
         self.admin_requests = []
+        self._max_packet_size = max_packet_size
         self.input_buffer = InputBuffer(max_packet_size)
         self.need_bytes = False
         self.options = set()

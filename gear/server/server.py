@@ -27,6 +27,7 @@ import threading
 import time
 
 from gear import constants
+from gear.base import BaseClientServer
 from gear.errors import ConfigurationError, ProtocolError
 from gear.protocol import DEFAULT_MAX_PACKET_SIZE, Packet, pack
 from gear.server import admin as admin_mod
@@ -221,7 +222,7 @@ def _default_prefix():
     return (b'H:' + host)[:MAX_PREFIX]
 
 
-class Server(admin_mod.AdminHandlers):
+class Server(admin_mod.AdminHandlers, BaseClientServer):
     """A Gearman job server.
 
     The positional arguments are gear's; everything after ``tcp_keepcnt``
@@ -330,6 +331,12 @@ class Server(admin_mod.AdminHandlers):
 
         self._debug = self.log.isEnabledFor(logging.DEBUG)
         self.lock = threading.RLock()
+        # BaseClientServer's state; its client threads are not used (this
+        # constructor does not call its __init__).
+        self.inactive_connections = []
+        self.connection_index = -1
+        self.connections_condition = threading.Condition()
+        self.connect_thread = None
         self.connection_map = {}
         self._dirty = []
         self._closing = []
@@ -1312,27 +1319,35 @@ class Server(admin_mod.AdminHandlers):
             fq.sleepers.pop(conn, None)
 
     def wakeConnection(self, connection):
-        """NOOP a sleeping worker connection."""
-        if not self._onLoopThread():
-            with self.lock:
-                self.wakeConnection(connection)
-            self._kick()
+        """NOOP a sleeping worker connection (callable from any thread)."""
+        if self._onLoopThread():
+            self._wakeOne(connection)
             return
+        with self.lock:
+            self._wakeOne(connection)
+        self._kick()
+
+    def _wakeOne(self, connection):
         if connection.state == 'SLEEP' and not connection.closed:
             self._unsleep(connection)
             self._send(connection, _NOOP)
 
     def wakeConnections(self, job=None):
-        """NOOP the sleeping workers that can run ``job`` (all if None)."""
-        if not self._onLoopThread():
-            with self.lock:
-                self.wakeConnections(job)
-            self._kick()
+        """NOOP the sleeping workers that can run ``job`` (all if None).
+
+        Callable from any thread.
+        """
+        if self._onLoopThread():
+            self._wakeMany(job)
             return
+        with self.lock:
+            self._wakeMany(job)
+        self._kick()
+
+    def _wakeMany(self, job):
         if job is None:
             for conn in list(self.connection_map.values()):
-                if conn.state == 'SLEEP':
-                    self.wakeConnection(conn)
+                self._wakeOne(conn)
             return
         fq = self.queue.functions.get(job.name)
         if fq is not None:
@@ -1620,7 +1635,7 @@ class Server(admin_mod.AdminHandlers):
         conn = packet.connection
         conn.state = 'SLEEP'
         if not self._draining and self.getJobForConnection(conn, peek=True):
-            self.wakeConnection(conn)
+            self._wakeOne(conn)
             return
         for fq in conn._fqs:
             fq.sleepers[conn] = None
@@ -1644,7 +1659,7 @@ class Server(admin_mod.AdminHandlers):
             conn._timeouts.pop(fq.name, None)
         if conn.state == 'SLEEP':
             if fq.runnable:
-                self.wakeConnection(conn)
+                self._wakeOne(conn)
             else:
                 fq.sleepers[conn] = None
 
