@@ -602,6 +602,11 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
             start = int(self.store.handleCounterStart() or 0)
         except Exception:
             self.log.exception("Job store could not report its handles")
+        if self._persist:
+            # Stored rows only remember the handles still queued; a clock
+            # in microseconds (faster than any job rate) keeps handles of
+            # finished jobs from coming back after a restart.
+            start = max(start, time.time_ns() // 1000)
         if start > self.queue.max_handle:
             self.queue.max_handle = start
         try:

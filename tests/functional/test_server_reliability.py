@@ -184,8 +184,10 @@ class TestStoreHooks(ServerTestCase):
         self.assertEqual([b'H:old:9', b'fn', b'', b'second'], worker.grab())
         self.assertEqual([b'H:old:7', b'fn', b'u1', b'first'], worker.grab())
         client = self.connect(server)
-        # The counter continues after the stored handles.
-        self.assertEqual(b'H:test:42', client.submit(b'fn', b'x'))
+        # The counter continues after the stored handles (and, with a
+        # persistent store, after the clock in microseconds).
+        number = int(client.submit(b'fn', b'x').rsplit(b':', 1)[1])
+        self.assertGreater(number, 41)
         # Replayed uniques still coalesce.
         self.assertEqual(b'H:old:7', client.submit(b'fn', b'x', b'u1'))
 
@@ -227,3 +229,73 @@ class TestShutdown(ServerTestCase):
         self.assertTrue(done.wait(10))
         client.assertClosed()
         self.assertNotEqual(handle, queued)
+
+
+class TestSqlitePersistence(ServerTestCase):
+
+    def test_jobs_survive_restart(self):
+        import os
+        import fixtures
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                            'jobs.db')
+        first = self.makeServer(store=path)
+        client = self.connect(first)
+        h1 = client.submit(b'fn', b'one', b'', c.SUBMIT_JOB_BG)
+        h2 = client.submit(b'fn', b'two', b'', c.SUBMIT_JOB_LOW_BG)
+        h_fg = client.submit(b'fn', b'foreground')
+        worker = self.connect(first)
+        worker.canDo(b'gone')
+        h3 = client.submit(b'gone', b'three', b'u3', c.SUBMIT_JOB_BG)
+        self.assertEqual(h3, worker.grab()[0])
+        worker.send(c.WORK_COMPLETE, h3, b'')
+        worker.sync()
+        first.shutdown()
+        second = self.makeServer(store=path)
+        worker = self.connect(second)
+        worker.canDo(b'fn')
+        self.assertEqual([h1, b'fn', b'', b'one'], worker.grab())
+        self.assertEqual([h2, b'fn', b'', b'two'], worker.grab())
+        self.assertIsNone(worker.grab())
+        # Handles do not repeat across the restart.
+        fresh = self.connect(second).submit(b'fn', b'x')
+        self.assertNotIn(fresh, (h1, h2, h3, h_fg))
+        number = int(fresh.rsplit(b':', 1)[1])
+        self.assertGreater(number, int(h3.rsplit(b':', 1)[1]))
+
+
+class RecordingStats(object):
+
+    def __init__(self):
+        self.packets = []
+        self.queues = []
+
+    def packet(self, ptype, duration):
+        self.packets.append(ptype)
+
+    def queue(self, total, running, waiting):
+        self.queues.append((total, running, waiting))
+
+
+class TestStatsHooks(ServerTestCase):
+
+    def test_packets_and_queue_reported(self):
+        stats = RecordingStats()
+        from gear.server import stats as stats_mod
+        self.useFixture(__import__('fixtures').MonkeyPatch(
+            'gear.server.stats.make_reporter',
+            lambda host, port, prefix: stats))
+        server = self.makeServer(statsd_host='127.0.0.1')
+        self.assertIs(stats, server.stats)
+        client = self.connect(server)
+        handle = client.submit(b'fn', b'd', b'', c.SUBMIT_JOB_BG)
+        worker = self.connect(server)
+        worker.canDo(b'fn')
+        worker.grab()
+        worker.send(c.WORK_COMPLETE, handle, b'')
+        worker.sync()
+        self.assertIn(c.SUBMIT_JOB_BG, stats.packets)
+        self.assertIn(c.WORK_COMPLETE, stats.packets)
+        self.assertIn((1, 0, 1), stats.queues)
+        self.assertIn((1, 1, 0), stats.queues)
+        self.assertEqual((0, 0, 0), stats.queues[-1])
+        self.assertIsNotNone(stats_mod)
