@@ -119,7 +119,7 @@ class AdminHandlers(object):
             self.log.exception("Admin command %r failed", command)
             self._adminReply(request, error(b'UNKNOWN_ERROR'))
 
-    # -- listings --------------------------------------------------------------
+    # -- listings -------------------------------------------------------------
 
     def handleWorkers(self, request):
         rows = []
@@ -178,7 +178,7 @@ class AdminHandlers(object):
         rows.append(END)
         self._adminReply(request, b''.join(rows))
 
-    # -- queue control -------------------------------------------------------------
+    # -- queue control --------------------------------------------------------
 
     def handleMaxQueue(self, request):
         args = request.words[1:]
@@ -248,7 +248,7 @@ class AdminHandlers(object):
                 b'ERR there are still connected workers or executing '
                 b'clients\r\n')
 
-    # -- server information ----------------------------------------------------
+    # -- server information ---------------------------------------------------
 
     def handleGetPid(self, request):
         self._adminReply(request, b'OK %d\n' % os.getpid())
@@ -271,7 +271,7 @@ class AdminHandlers(object):
         self._flushAllConnections()
         self.shutdown(graceful=len(words) == 2)
 
-    # -- ACLs ----------------------------------------------------------------------
+    # -- ACLs -----------------------------------------------------------------
 
     def _handleACL(self, request):
         words = request.words

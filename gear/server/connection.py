@@ -234,5 +234,3 @@ def subject_from_cert(cert):
             if key == 'commonName':
                 return value
     return None
-
-

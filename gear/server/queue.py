@@ -128,8 +128,9 @@ class JobQueue(object):
     def __init__(self):
         self.functions = {}      # name -> FunctionQueue
         self.jobs = {}           # handle -> ServerJob
-        self.limits = {}         # name -> [normal, low, high]; kept for
-                                 # functions that do not exist yet
+        # name -> [normal, low, high]; kept for functions that do not
+        # exist yet.
+        self.limits = {}
         self.queued = [0, 0, 0]  # runnable queued jobs by precedence
         self.epoch_count = 0
         self.running = 0

@@ -777,7 +777,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         except OSError:
             pass
 
-    # -- accepting -------------------------------------------------------------
+    # -- accepting ------------------------------------------------------------
 
     def connectLoop(self):
         """Accept every pending connection (the listening socket is
@@ -874,7 +874,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
             conn._events = events
             self.poll.modify(conn.fd, events)
 
-    # -- reading ---------------------------------------------------------------
+    # -- reading --------------------------------------------------------------
 
     def readFromConnection(self, conn):
         """Read what the socket has and process every complete message."""
@@ -1041,7 +1041,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         self.log.info("Closing %s: %s", conn, error)
         self._lostConnection(conn)
 
-    # -- writing ---------------------------------------------------------------
+    # -- writing --------------------------------------------------------------
 
     def _send(self, conn, data):
         out = conn.send_queue
@@ -1108,7 +1108,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
             if self._closing:
                 self._closeDeferred()
 
-    # -- timers ------------------------------------------------------------------
+    # -- timers ---------------------------------------------------------------
 
     def _addTimer(self, delay, callback, arg):
         entry = [time.monotonic() + delay, next(self._timer_seq),
@@ -1202,7 +1202,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         elif state != jobstates.DONE:
             self._finishJob(job)
 
-    # -- job lifecycle -----------------------------------------------------------
+    # -- job lifecycle --------------------------------------------------------
 
     def _finishJob(self, job):
         """A job ends for good: forget it everywhere."""
@@ -1265,7 +1265,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
             self.log.info("Job %s exceeded its worker's timeout", job.handle)
             self._requeueJob(job, 'CAN_DO_TIMEOUT expired')
 
-    # -- scheduling ----------------------------------------------------------------
+    # -- scheduling -----------------------------------------------------------
 
     def getJobForConnection(self, connection, peek=False):
         """The next job for a worker connection (the scheduling seam).
@@ -1403,7 +1403,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
             return (list(self.high_queue) + list(self.normal_queue) +
                     list(self.low_queue))
 
-    # -- replies -------------------------------------------------------------------
+    # -- replies --------------------------------------------------------------
 
     def sendJobAssign(self, connection, job):
         self._send(connection, pack(RES, constants.JOB_ASSIGN, b'\x00'.join(
@@ -1608,7 +1608,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         self.sendError(packet.connection, b'INVALID_COMMAND',
                        b'Command not expected')
 
-    # -- packet handlers: workers --------------------------------------------------
+    # -- packet handlers: workers ---------------------------------------------
 
     def handleGrabJob(self, packet):
         conn = packet.connection
@@ -1706,7 +1706,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
     def handleSetClientID(self, packet):
         packet.connection.client_id = bytes(packet.data[:MAX_CLIENT_ID])
 
-    # -- packet handlers: work results ---------------------------------------------
+    # -- packet handlers: work results ----------------------------------------
 
     def handlePassthrough(self, packet, finished=False):
         """Forward a WORK_* packet to every attached client (RES magic).
@@ -1777,7 +1777,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
     def handleWorkStatus(self, packet):
         self.handlePassthrough(packet)
 
-    # -- packet handlers: status and options -----------------------------------
+    # -- packet handlers: status and options ----------------------------------
 
     def handleGetStatus(self, packet):
         conn = packet.connection
@@ -1832,7 +1832,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
             self.sendError(conn, b'UNKNOWN_OPTION',
                            b'Server does not recognize given option')
 
-    # -- admin -------------------------------------------------------------------
+    # -- admin ----------------------------------------------------------------
 
     def _cancelJob(self, job):
         """Cancel: clients get WORK_FAIL; queued jobs go, running ones are
@@ -1857,7 +1857,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
             self._finishJob(job)
             job.ignore = True
 
-    # -- shutdown ------------------------------------------------------------------
+    # -- shutdown -------------------------------------------------------------
 
     def shutdown(self, graceful=False):
         """Stop the server.
@@ -1934,7 +1934,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
             except Exception:
                 self.log.exception("Job store did not close cleanly")
 
-    # -- gear-compatible accessors ---------------------------------------------
+    # -- gear-compatible accessors --------------------------------------------
 
     @property
     def active_connections(self):
@@ -1968,4 +1968,3 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
 
     def __repr__(self):
         return '<gear.Server 0x%x port: %s>' % (id(self), self.port)
-

@@ -399,7 +399,8 @@ class TestCoalescing(ServerTestCase):
         worker = self.connect()
         h = c1.submit(b'fn', b'first', b'u')
         self.assertEqual(h, c1.submit(b'fn', b'second', b'u'))
-        self.assertEqual(h, c2.submit(b'fn', b'third', b'u', c.SUBMIT_JOB_HIGH))
+        self.assertEqual(h, c2.submit(b'fn', b'third', b'u',
+                                      c.SUBMIT_JOB_HIGH))
         self.assertEqual(h, c2.submit(b'fn', b'bg', b'u', c.SUBMIT_JOB_BG))
         worker.canDo(b'fn')
         self.assertEqual([h, b'fn', b'u', b'first'], worker.grab())
