@@ -1,0 +1,1 @@
+"""Command-line programs shipped with gear (see ``geard``)."""
