@@ -64,6 +64,7 @@ _packet_trusted = Packet._trusted
 _new_job = ServerJob.__new__
 _QUEUED = jobstates.QUEUED
 _unpack_type_size = struct.Struct('!II').unpack_from
+_pack_header = struct.Struct('!4sII').pack
 MAX_ADMIN_LINE = 64 * 1024
 
 
@@ -480,9 +481,12 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
                     constants.SUBMIT_TYPES.items():
                 fast[ptype] = self._makeSubmitHandler(precedence,
                                                       background)
-        fast[constants.GRAB_JOB] = partial(self._fastGrab, 0)
-        fast[constants.GRAB_JOB_UNIQ] = partial(self._fastGrab, 1)
-        fast[constants.GRAB_JOB_ALL] = partial(self._fastGrab, 2)
+        fast[constants.GRAB_JOB] = self._makeGrabHandler(
+            constants.JOB_ASSIGN)
+        fast[constants.GRAB_JOB_UNIQ] = self._makeGrabHandler(
+            constants.JOB_ASSIGN_UNIQ)
+        fast[constants.GRAB_JOB_ALL] = self._makeGrabHandler(
+            constants.JOB_ASSIGN_ALL)
         if not self._overridden('handlePassthrough'):
             for ptype in (constants.WORK_COMPLETE, constants.WORK_FAIL,
                           constants.WORK_EXCEPTION):
@@ -582,18 +586,70 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
 
         return handler
 
-    def _fastGrab(self, kind, conn, payload):
-        job = self._grab(conn)
-        if job is None:
-            self._send(conn, _NO_JOB)
-        elif kind == 1:
-            self.sendJobAssignUniq(conn, job)
-        elif kind == 0:
-            self.sendJobAssign(conn, job)
-        elif job.reducer is not None:
-            self.sendJobAssignAll(conn, job)
-        else:
-            self.sendJobAssignUniq(conn, job)
+    def _makeGrabHandler(self, kind):
+        """A GRAB_JOB* handler answering with ``kind`` (JOB_ASSIGN*).
+
+        Overrides of getJobForConnection or of the sendJobAssign* methods
+        are honoured; without them the default scheduler runs inline.
+        """
+        server = self
+        q = self.queue
+        custom = self._overridden('getJobForConnection')
+        custom_send = (self._overridden('sendJobAssign') or
+                       self._overridden('sendJobAssignUniq') or
+                       self._overridden('sendJobAssignAll'))
+        pack_header = _pack_header
+        join = b'\x00'.join
+        uniq = constants.JOB_ASSIGN_UNIQ
+
+        def handler(conn, payload):
+            if conn.state == 'SLEEP':
+                server._unsleep(conn)
+            job = None
+            if not server._draining:
+                if custom:
+                    job = server.getJobForConnection(conn)
+                    if job is not None:
+                        server._assignJob(conn, job)
+                else:
+                    fqs = conn._fqs
+                    if fqs:
+                        if q.epoch_count:
+                            server._promoteDue(fqs)
+                        job = q.take(fqs)
+                        if job is not None:
+                            server._assignJob(conn, job)
+            if job is None:
+                server._send(conn, _NO_JOB)
+                return
+            ptype = kind
+            if ptype == constants.JOB_ASSIGN_ALL and job.reducer is None:
+                ptype = uniq
+            if custom_send:
+                if ptype == uniq:
+                    server.sendJobAssignUniq(conn, job)
+                elif ptype == constants.JOB_ASSIGN:
+                    server.sendJobAssign(conn, job)
+                else:
+                    server.sendJobAssignAll(conn, job)
+                return
+            if ptype == uniq:
+                data = join((job.handle, job._fq.name, job.unique or b'',
+                             job.arguments))
+            elif ptype == constants.JOB_ASSIGN:
+                data = join((job.handle, job._fq.name, job.arguments))
+            else:
+                data = join((job.handle, job._fq.name, job.unique or b'',
+                             job.reducer, job.arguments))
+            out = conn.send_queue
+            if not out:
+                if conn.closed:
+                    return
+                server._dirty.append(conn)
+            out += pack_header(RES, ptype, len(data))
+            out += data
+
+        return handler
 
     def _replay(self):
         """Queue the background jobs the store kept from a previous run."""
@@ -1314,7 +1370,8 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         if self._draining:
             return None
         job = self.getJobForConnection(conn)
-        if job is not None:
+        if job is not None and self._overridden('getJobForConnection'):
+            # An override may have done only part of the bookkeeping.
             self._assignJob(conn, job)
         return job
 
