@@ -317,6 +317,16 @@ class Connection(object):
         except (AttributeError, OSError):
             pass
 
+    @staticmethod
+    def _isSelfConnected(sock):
+        # Reconnecting to a dead local server whose port lies in the
+        # ephemeral range can yield a TCP "simultaneous open" with
+        # ourselves; that is not a server.
+        try:
+            return sock.getsockname() == sock.getpeername()
+        except (AttributeError, OSError):
+            return False
+
     def connect(self):
         """Open the connection, trying every address the host resolves to.
 
@@ -343,6 +353,10 @@ class Connection(object):
                 candidate.connect(address)
             except OSError as e:
                 last_error = e
+                _close_quietly(candidate)
+                continue
+            if self._isSelfConnected(candidate):
+                last_error = 'connected to itself (nothing listens there)'
                 _close_quietly(candidate)
                 continue
             sock = candidate

@@ -591,3 +591,26 @@ class TestTLS(testtools.TestCase):
         client.addServer('127.0.0.1', self.port, *self.client_id)
         client.waitForServer(10)
         wait_for(lambda: len(seen) == 50, 10)
+
+
+class TestSelfConnection(testtools.TestCase):
+
+    def test_connection_to_itself_is_refused(self):
+        # Connecting to a free port in the ephemeral range can, on retry,
+        # connect the socket to itself.  Force that with an explicit bind.
+        probe = socket.socket()
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        original = socket.socket
+
+        def bound_socket(*args):
+            sock = original(*args)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(('127.0.0.1', port))
+            return sock
+        socket.socket = bound_socket
+        self.addCleanup(setattr, socket, 'socket', original)
+        conn = Connection('127.0.0.1', port)
+        error = self.assertRaises(gear.ConnectionError, conn.connect)
+        self.assertIn('itself', str(error))
