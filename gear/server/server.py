@@ -59,6 +59,7 @@ _HAS_EPOLL = hasattr(select, 'epoll')
 _EV_READ = select.EPOLLIN if _HAS_EPOLL else 1
 _EV_WRITE = select.EPOLLOUT if _HAS_EPOLL else 4
 _EV_ERR = (select.EPOLLERR | select.EPOLLHUP) if _HAS_EPOLL else 8
+_READ_MASK = _EV_READ | _EV_ERR
 
 _packet_trusted = Packet._trusted
 _new_job = ServerJob.__new__
@@ -770,7 +771,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         wake_fd = self.connect_wake_read
         timers = self._timers
         lock = self.lock
-        read_mask = _EV_READ | _EV_ERR
+        process = self._processPollEvent
         while self.running:
             timeout = -1
             if timers:
@@ -789,13 +790,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
                         elif fd == wake_fd:
                             self._drainWakePipe()
                         continue
-                    if conn._handshaking:
-                        self._continueHandshake(conn)
-                        continue
-                    if ev & read_mask:
-                        self.readFromConnection(conn)
-                    if ev & _EV_WRITE and not conn.closed:
-                        self.writeToConnection(conn)
+                    process(conn, ev)
                     if self._closing:
                         self._closeDeferred()
                 if timers and timers[0][0] <= time.monotonic():
@@ -806,6 +801,16 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
                     self._flushAllConnections()
                 if self._draining and not self.queue.running:
                     self.running = False
+
+    def _processPollEvent(self, conn, event):
+        """Handle one poll event of a connection."""
+        if conn._handshaking:
+            self._continueHandshake(conn)
+            return
+        if event & _READ_MASK:
+            self.readFromConnection(conn)
+        if event & _EV_WRITE and not conn.closed:
+            self.writeToConnection(conn)
 
     def _commitStore(self):
         acked = self._store_acked

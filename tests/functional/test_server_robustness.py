@@ -202,3 +202,21 @@ class TestTLS(ServerTestCase):
         plain.sendRaw(b'status\n')
         plain.assertClosed()
         self.tlsClient().sync()
+
+
+class TestPortablePoller(ServerTestCase):
+    """The selectors fallback used where epoll does not exist."""
+
+    def test_round_trip_without_epoll(self):
+        import fixtures
+        self.useFixture(fixtures.MonkeyPatch(
+            'gear.server.server._HAS_EPOLL', False))
+        server = self.makeServer()
+        self.assertFalse(hasattr(server.poll, '_epoll'))
+        client = self.connect(server)
+        worker = self.connect(server)
+        handle = client.submit(b'fn', b'x' * 300000)
+        worker.canDo(b'fn')
+        self.assertEqual([handle, b'fn', b'', b'x' * 300000], worker.grab())
+        worker.send(c.WORK_COMPLETE, handle, b'y' * 300000)
+        client.expect(c.WORK_COMPLETE, handle + b'\x00' + b'y' * 300000)
