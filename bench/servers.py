@@ -1,0 +1,326 @@
+"""Start and stop the job servers under test.
+
+Every server runs as a child process on a free loopback port, so its PID
+is known and its CPU time and memory can be read from /proc.  Startup
+waits are bounded, and every server still alive when the interpreter
+exits is killed, so an aborted benchmark never leaves a server behind.
+"""
+
+import atexit
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HOST = '127.0.0.1'
+GEARMAND = '/usr/sbin/gearmand'
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Names accepted by --servers.
+KNOWN_SERVERS = ('geard', 'gearmand', 'gearmand-mt', 'gear016')
+
+_CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
+
+# A logging setup that keeps the Python servers quiet: their -d mode
+# would otherwise log every packet at DEBUG, and we would be measuring
+# the logging instead of the server.
+_QUIET_LOGGING = """\
+[loggers]
+keys=root
+
+[handlers]
+keys=stderr
+
+[formatters]
+keys=plain
+
+[logger_root]
+level=WARNING
+handlers=stderr
+
+[handler_stderr]
+class=StreamHandler
+args=(sys.stderr,)
+formatter=plain
+
+[formatter_plain]
+format=%(asctime)s %(levelname)s %(name)s: %(message)s
+"""
+
+
+class ServerUnavailable(Exception):
+    """The requested server cannot be run here; the message says why."""
+
+
+def free_port(host=HOST):
+    """A TCP port on ``host`` that nothing listens on right now."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def cpu_seconds(pid):
+    """User plus system CPU time of a process (all its threads)."""
+    with open('/proc/%d/stat' % pid, 'rb') as f:
+        stat = f.read()
+    # The command name may contain spaces and parentheses: split after
+    # the last ')'.  utime and stime are fields 14 and 15.
+    fields = stat[stat.rindex(b')') + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def memory_bytes(pid):
+    """``(VmRSS, VmHWM)`` of a process in bytes."""
+    rss = hwm = 0
+    with open('/proc/%d/status' % pid, 'rb') as f:
+        for line in f:
+            if line.startswith(b'VmRSS:'):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith(b'VmHWM:'):
+                hwm = int(line.split()[1]) * 1024
+    return rss, hwm
+
+
+def wait_ready(host, port, timeout, proc=None):
+    """Wait until the server answers an admin ``status`` command.
+
+    A server that accepts connections may still be setting up, so a
+    complete admin reply is the readiness signal.  Raises
+    ServerUnavailable if ``proc`` exits or ``timeout`` passes first.
+    """
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServerUnavailable('exited with status %s during startup'
+                                    % proc.returncode)
+        try:
+            with socket.create_connection((host, port), timeout=1.0) as s:
+                s.settimeout(max(0.1, min(2.0,
+                                          deadline - time.monotonic())))
+                s.sendall(b'status\n')
+                reply = b''
+                while not (reply == b'.\n' or reply.endswith(b'\n.\n')):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise OSError('connection closed')
+                    reply += chunk
+                return
+        except OSError as e:
+            last_error = e
+            time.sleep(0.02)
+    raise ServerUnavailable('not ready on %s:%d after %.0f s (%s)'
+                            % (host, port, timeout, last_error))
+
+
+class ExternalServer(object):
+    """A server someone else runs; its PID is optional."""
+
+    managed = False
+
+    def __init__(self, name, host, port, pid=None):
+        self.name = name
+        self.host = host
+        self.port = port
+        self.pid = pid
+
+    def start(self):
+        wait_ready(self.host, self.port, START_TIMEOUT)
+        return self
+
+    def stop(self):
+        pass
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class ManagedServer(object):
+    """One server child process on a fresh loopback port."""
+
+    managed = True
+
+    def __init__(self, name, argv_for_port, cwd=None, env=None,
+                 host=HOST, tmpdir=None):
+        self.name = name
+        self._argv_for_port = argv_for_port
+        self._cwd = cwd
+        self._env = env
+        self._tmpdir = tmpdir
+        self.host = host
+        self.port = None
+        self.proc = None
+        self._stderr = None
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def start(self, timeout=START_TIMEOUT):
+        self.port = free_port(self.host)
+        argv = self._argv_for_port(self.port)
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            argv, cwd=self._cwd, env=self._env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=self._stderr,
+            start_new_session=True)
+        _LIVE.add(self)
+        try:
+            wait_ready(self.host, self.port, timeout, self.proc)
+        except ServerUnavailable as e:
+            tail = self.stderr_tail()
+            self.stop()
+            raise ServerUnavailable('%s: %s%s' % (
+                self.name, e, ('\n' + tail) if tail else ''))
+        return self
+
+    def stderr_tail(self, limit=1000):
+        if self._stderr is None:
+            return ''
+        try:
+            self._stderr.seek(0)
+            data = self._stderr.read()
+        except (OSError, ValueError):
+            return ''
+        return data[-limit:].decode('utf-8', 'replace').strip()
+
+    def stop(self):
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(STOP_TIMEOUT)
+            except OSError:
+                pass
+        _LIVE.discard(self)
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+_LIVE = set()
+
+
+@atexit.register
+def _kill_leftovers():
+    for server in list(_LIVE):
+        server.stop()
+
+
+def _python_server(name, python):
+    """argv builder for a gear-style geard run by ``python``."""
+    tmpdir = tempfile.mkdtemp(prefix='bench-%s-' % name)
+    log_config = os.path.join(tmpdir, 'logging.conf')
+    with open(log_config, 'w') as f:
+        f.write(_QUIET_LOGGING)
+    pidfile = os.path.join(tmpdir, 'geard.pid')
+    # Run main() explicitly: ``-m gear.cmd.geard`` needs a __main__ guard
+    # that older releases may lack.
+    code = ('import sys; sys.argv[0] = "geard"; '
+            'from gear.cmd.geard import main; sys.exit(main())')
+
+    def argv(port):
+        return [python, '-c', code, '-d', '-p', str(port),
+                '--listen-address', HOST, '--log-config', log_config,
+                '--pidfile', pidfile]
+    return argv, tmpdir
+
+
+def _clean_env(extra_path=None):
+    env = dict(os.environ)
+    for key in ('STATSD_HOST', 'STATSD_PORT', 'STATSD_PREFIX'):
+        env.pop(key, None)
+    if extra_path is None:
+        env.pop('PYTHONPATH', None)
+    else:
+        env['PYTHONPATH'] = extra_path
+    return env
+
+
+def check_geard():
+    """Raise ServerUnavailable unless this repository's geard can run."""
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    try:
+        import gear
+        if getattr(gear, 'Server', None) is None:
+            raise ServerUnavailable('geard: gear.Server does not exist yet')
+        if importlib.util.find_spec('gear.cmd.geard') is None:
+            raise ServerUnavailable('geard: gear/cmd/geard.py is missing')
+    except ServerUnavailable:
+        raise
+    except Exception as e:
+        raise ServerUnavailable('geard: importing gear failed: %s: %s'
+                                % (type(e).__name__, e))
+
+
+def make_server(name, gear016_python=None):
+    """Build (but do not start) the named server.
+
+    Raises ServerUnavailable with a readable reason when it cannot run.
+    """
+    if name in ('gearmand', 'gearmand-mt'):
+        if not os.access(GEARMAND, os.X_OK):
+            raise ServerUnavailable('%s: %s is not installed'
+                                    % (name, GEARMAND))
+        threads = ['--threads=1'] if name == 'gearmand' else []
+
+        def argv(port):
+            return [GEARMAND, '--listen=%s' % HOST, '--port=%d' % port,
+                    '--log-file=none'] + threads
+        return ManagedServer(name, argv)
+    if name == 'geard':
+        check_geard()
+        argv, tmpdir = _python_server(name, sys.executable)
+        return ManagedServer(name, argv, cwd=REPO_ROOT,
+                             env=_clean_env(REPO_ROOT), tmpdir=tmpdir)
+    if name == 'gear016':
+        if not gear016_python:
+            raise ServerUnavailable(
+                'gear016: pass --gear016-python PATH (a Python whose '
+                'environment has gear 0.16 installed)')
+        if not os.access(gear016_python, os.X_OK):
+            raise ServerUnavailable('gear016: %s is not executable'
+                                    % gear016_python)
+        probe = subprocess.run(
+            [gear016_python, '-c',
+             'import importlib.metadata as m; print(m.version("gear"))'],
+            cwd=tempfile.gettempdir(), env=_clean_env(),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        version = probe.stdout.decode().strip()
+        if probe.returncode != 0 or not version.startswith('0.16'):
+            raise ServerUnavailable(
+                'gear016: %s has no gear 0.16 distribution (%s)'
+                % (gear016_python, version or probe.stderr.decode()[-200:]))
+        argv, tmpdir = _python_server(name, gear016_python)
+        # Run outside the repository so this checkout's gear is not the
+        # one imported.
+        return ManagedServer(name, argv, cwd=tmpdir, env=_clean_env(),
+                             tmpdir=tmpdir)
+    raise ServerUnavailable('unknown server %r (known: %s)'
+                            % (name, ', '.join(KNOWN_SERVERS)))

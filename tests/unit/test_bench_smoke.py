@@ -1,0 +1,131 @@
+"""Smoke runs of every benchmark scenario with tiny job counts.
+
+They prove the harness still speaks the protocol and that its count
+checks pass against each server; they assert nothing about speed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import testtools
+
+from bench import loadgen
+from bench import servers
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+SMOKE_N = 200
+SMOKE_DEEP_N = 2000
+RUN_TIMEOUT = 120
+
+
+def _geard_reason():
+    try:
+        servers.check_geard()
+    except servers.ServerUnavailable as e:
+        return str(e)
+    return None
+
+
+def run_loadgen(*args):
+    """Run the command line in a child process; return its JSON lines."""
+    proc = subprocess.run(
+        [sys.executable, '-m', 'bench.loadgen'] + list(args),
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        timeout=RUN_TIMEOUT)
+    lines = [json.loads(line) for line in
+             proc.stdout.decode().splitlines() if line.strip()]
+    return proc.returncode, lines, proc.stderr.decode()
+
+
+class SmokeMixin(object):
+
+    server = None
+
+    def test_every_scenario(self):
+        code, lines, err = run_loadgen(
+            '--scenario', 'all', '--servers', self.server,
+            '--n', str(SMOKE_N), '--deep-n', str(SMOKE_DEEP_N),
+            '--probes', '3', '--stall-timeout', '20', '--timeout', '60')
+        runs = [r for r in lines if not r.get('summary')]
+        summaries = [r for r in lines if r.get('summary')]
+        self.assertEqual(0, code, (lines, err))
+        self.assertEqual(list(loadgen.SCENARIOS),
+                         [r['scenario'] for r in runs])
+        for record in runs:
+            self.assertEqual(self.server, record['server'])
+            self.assertIs(True, record.get('verified'), record)
+            expected_n = (SMOKE_DEEP_N if record['scenario'] == 'deepqueue'
+                          else SMOKE_N)
+            self.assertEqual(expected_n, record['n'])
+            self.assertGreater(record['jobs_per_sec'], 0)
+            self.assertIsNotNone(record['server_cpu_us_per_job'])
+            self.assertGreater(record['server_rss_bytes'], 0)
+        by_name = {r['scenario']: r for r in runs}
+        for scenario in ('pipeline', 'roundtrip'):
+            self.assertIn('latency_p99_us', by_name[scenario])
+        deep = by_name['deepqueue']
+        for key in ('enqueue_rate_first10', 'enqueue_rate_last10',
+                    'rss_delta_per_job_bytes', 'grab_us_shallow',
+                    'grab_us_deep'):
+            self.assertIsNotNone(deep.get(key), key)
+        self.assertEqual(list(loadgen.SCENARIOS),
+                         [s['scenario'] for s in summaries])
+        for summary in summaries:
+            self.assertEqual(1, summary['servers'][self.server]['runs'])
+
+
+class TestSmokeGearmand(SmokeMixin, testtools.TestCase):
+
+    server = 'gearmand'
+
+    def setUp(self):
+        super(TestSmokeGearmand, self).setUp()
+        if not os.access(servers.GEARMAND, os.X_OK):
+            self.skipTest('%s is not installed' % servers.GEARMAND)
+
+
+class TestSmokeGeard(SmokeMixin, testtools.TestCase):
+
+    server = 'geard'
+
+    def setUp(self):
+        super(TestSmokeGeard, self).setUp()
+        reason = _geard_reason()
+        if reason:
+            self.skipTest(reason)
+
+
+class TestSummary(testtools.TestCase):
+    """The summary line: medians per server and ratios to gearmand."""
+
+    def test_medians_and_ratios(self):
+        records = [
+            {'server': 'geard', 'verified': True, 'jobs_per_sec': 10.0,
+             'server_cpu_us_per_job': 4.0},
+            {'server': 'geard', 'verified': True, 'jobs_per_sec': 30.0,
+             'server_cpu_us_per_job': 8.0},
+            {'server': 'geard', 'verified': False, 'jobs_per_sec': 999.0},
+            {'server': 'gearmand', 'verified': True, 'jobs_per_sec': 40.0,
+             'server_cpu_us_per_job': 3.0},
+        ]
+        summary = loadgen.summarize('drain', records, ['geard', 'gearmand'])
+        self.assertEqual(20.0, summary['servers']['geard']['jobs_per_sec'])
+        self.assertEqual(2, summary['servers']['geard']['runs'])
+        ratios = summary['ratios']['geard/gearmand']
+        self.assertEqual(0.5, ratios['jobs_per_sec'])
+        self.assertEqual(2.0, ratios['server_cpu_us_per_job'])
+
+    def test_no_baseline_no_ratios(self):
+        records = [{'server': 'geard', 'verified': True,
+                    'jobs_per_sec': 5.0}]
+        summary = loadgen.summarize('drain', records, ['geard'])
+        self.assertEqual({}, summary['ratios'])
+
+    def test_unavailable_server_is_reported(self):
+        self.assertRaises(servers.ServerUnavailable, servers.make_server,
+                          'gear016', None)
+        self.assertRaises(servers.ServerUnavailable, servers.make_server,
+                          'no-such-server')
