@@ -345,17 +345,19 @@ class BaseClientServer(object):
     def _readConnection(self, conn):
         """Read and dispatch what ``conn`` has; drop it if the link broke.
         """
+        sock = conn.conn
         try:
             messages = conn._readAvailable()
         except Exception as e:
-            self.log.warning("Error reading from %s: %s", conn, e)
-            self._lostConnection(conn)
+            if conn.conn is sock:
+                # (Otherwise another thread already dropped it.)
+                self.log.warning("Error reading from %s: %s", conn, e)
+                self._lostConnection(conn)
             return
         if messages is None:
             self.log.debug("Connection %s closed by the server", conn)
             self._lostConnection(conn)
             return
-        sock = conn.conn
         for message in messages:
             if conn.conn is not sock:
                 # A handler dropped the connection; the rest is moot.
@@ -384,7 +386,10 @@ class BaseClientServer(object):
             self.reportTimingStats(packet.ptype, time.monotonic() - start)
 
     def handleAdminRequest(self, request):
-        self.log.info("Received admin data %s", request)
+        """An admin reply arrived: wake whoever waits for it."""
+        if self.log.isEnabledFor(logging.DEBUG):
+            self.log.debug("Received admin data %s", request)
+        request.setComplete()
 
     def handleDisconnect(self, job):
         """Called for each job of a lost connection; returns the job."""

@@ -462,6 +462,9 @@ class Connection(object):
                             chunks.append(sock.recv(pending))
                             pending = sock.pending()
                         data = b''.join(chunks)
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            # The peer ended the TLS session (cleanly or not): EOF.
+            return b''
         except (ssl.SSLError, OSError) as e:
             if _would_block(e):
                 return None

@@ -270,6 +270,27 @@ class TestStatus(GearmandTestCase):
         self.assertEqual([conn], client.active_connections)
 
 
+class TestAdmin(GearmandTestCase):
+
+    def test_admin_requests_on_a_client_connection(self):
+        client = self.client()
+        self.worker()
+        conn = client.getConnection()
+        status = conn.sendAdminRequest(gear.StatusAdminRequest(),
+                                       timeout=WAIT)
+        names = [row[0] for row in status.parse()]
+        self.assertIn('reverse', names)
+        # Admin and binary traffic interleave on one connection.
+        job = gear.Job('reverse', b'mixed')
+        client.submitJob(job)
+        version = conn.sendAdminRequest(gear.VersionAdminRequest(),
+                                        timeout=WAIT)
+        self.assertTrue(version.response.startswith(b'OK '))
+        self.wait_complete(job)
+        self.assertEqual([b'dexim'], job.data)
+        self.assertEqual([], conn.admin_requests)
+
+
 class TestCoalescing(GearmandTestCase):
 
     def test_two_jobs_one_handle_both_complete(self):
