@@ -150,6 +150,20 @@ class TestClientWorker(LibraryTestCase):
         self.waitJob(job)
         self.assertEqual([b'ok'], job.data)
 
+    def test_admin_requests(self):
+        client = self.client()
+        client.submitJob(gear.Job(b'fn', b'd'), background=True)
+        conn = client.active_connections[0]
+        request = gear.StatusAdminRequest()
+        conn.sendAdminRequest(request, timeout=WAIT)
+        self.assertEqual([('fn', 1, 0, 0)], request.parse())
+        request = gear.ShowJobsAdminRequest()
+        conn.sendAdminRequest(request, timeout=WAIT)
+        self.assertEqual(1, len(request.parse()))
+        request = gear.VersionAdminRequest()
+        conn.sendAdminRequest(request, timeout=WAIT)
+        self.assertTrue(request.parse())
+
     def test_echo(self):
         client = self.client()
         conn = client.active_connections[0]
