@@ -74,7 +74,8 @@ def open_store(spec):
         except ImportError:
             raise ConfigurationError(
                 "No SQLite job store is available for %r" % (spec,))
-        return SqliteStore(spec)
+        # The server commits once per loop turn, before it acknowledges.
+        return SqliteStore(spec, group_commit=True)
     for name in ('add', 'remove', 'load'):
         if not callable(getattr(spec, name, None)):
             raise ConfigurationError(
