@@ -296,7 +296,14 @@ class Worker(BaseClient):
                 if self._sendGrabJobUniq(conn):
                     demand -= 1
 
-    def _sendGrabJobUniq(self, connection):
+    def _sendGrabJobUniq(self, connection=None):
+        """Send GRAB_JOB_UNIQ on ``connection``; True if it was sent.
+
+        Without a connection, grab wherever the waiting callers need it.
+        """
+        if connection is None:
+            self._updateStateMachines()
+            return True
         connection.changeState(GRAB_WAIT)
         try:
             connection.sendPacket(Packet(constants.REQ,
