@@ -8,6 +8,7 @@ lines and raises :class:`ServerError` on an ``ERR`` answer.
 
 import logging
 import time
+import weakref
 
 import gear
 from gear import admin as gear_admin
@@ -48,6 +49,11 @@ def _line(request):
                                                        'surrogateescape')
 
 
+def _close_links(links):
+    while links:
+        links.pop().shutdown()
+
+
 class GearmanAdminClient(object):
     """Query and steer one Gearman server (python-gearman API).
 
@@ -66,13 +72,14 @@ class GearmanAdminClient(object):
                 % len(servers))
         self.host_list = servers
         self.poll_timeout = poll_timeout
-        self._link = None
+        # The connection, once made; a dropped admin client closes it.
+        self._links = []
+        self._finalizer = weakref.finalize(self, _close_links, self._links)
+        self._finalizer.atexit = False
 
     def shutdown(self):
         """Close the connection (it is reopened by the next call)."""
-        link, self._link = self._link, None
-        if link is not None:
-            link.shutdown()
+        _close_links(self._links)
 
     def __enter__(self):
         return self
@@ -83,9 +90,9 @@ class GearmanAdminClient(object):
     # Plumbing
 
     def _connection(self):
-        if self._link is None:
-            self._link = _AdminLink(self.host_list[0])
-        link = self._link
+        if not self._links:
+            self._links.append(_AdminLink(self.host_list[0]))
+        link = self._links[0]
         if not link.isConnected() and \
                 not link.waitConnected(self.poll_timeout):
             raise ServerUnavailable('Found no valid connections in list: %r'

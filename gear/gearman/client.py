@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import threading
+import weakref
 
 import gear
 from gear.connection import SubmitJobTask
@@ -181,15 +182,17 @@ class GearmanClient(object):
         self._tracker = RequestTracker(self.data_encoder)
         self._clients = {}
         self._clients_lock = threading.Lock()
+        # python-gearman code often drops clients without closing them;
+        # their connection threads must not outlive them.
+        self._finalizer = weakref.finalize(
+            self, _shutdown_all, self._clients, self._clients_lock)
+        self._finalizer.atexit = False
 
     # Life cycle
 
     def shutdown(self):
         """Close every server connection (the client can be used again)."""
-        with self._clients_lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.shutdown()
+        _shutdown_all(self._clients, self._clients_lock)
 
     def __enter__(self):
         return self
@@ -310,10 +313,9 @@ class GearmanClient(object):
     def _send_job_request(self, request, deadline):
         tracker = self._tracker
         job = request.job
-        precedence = PRECEDENCE_FOR_PRIORITY.get(request.priority)
-        if precedence is None and request.priority not in \
-                PRECEDENCE_FOR_PRIORITY:
+        if request.priority not in PRECEDENCE_FOR_PRIORITY:
             raise GearmanError('Unknown priority %r' % (request.priority,))
+        precedence = PRECEDENCE_FOR_PRIORITY[request.priority]
         payload = self.data_encoder.encode(job.data)
         while True:
             if request.connection_attempts >= \
@@ -461,6 +463,14 @@ class GearmanClient(object):
             for request in job_requests:
                 request.timed_out = not_updated(request)
         return job_requests
+
+
+def _shutdown_all(clients, lock):
+    with lock:
+        doomed = list(clients.values())
+        clients.clear()
+    for client in doomed:
+        client.shutdown()
 
 
 def _check_many(items, what):

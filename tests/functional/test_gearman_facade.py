@@ -8,6 +8,7 @@ coalesced handles, exceptions, lost connections and admin replies.
 """
 
 import contextlib
+import gc
 import io
 import os
 import pickle
@@ -615,6 +616,18 @@ class FacadeScenarios(object):
                          [list(r.data_updates) for r in requests])
         self.assertEqual(['same-unique'], runs)
 
+    def test_dash_unique_is_left_to_the_server(self):
+        client = self.client()
+        same = client.submit_multiple_jobs(
+            [dict(task='dash', data=b'payload', unique='-'),
+             dict(task='dash', data=b'payload', unique='-')],
+            background=True)
+        other = client.submit_job('dash', b'other payload', unique='-',
+                                  background=True)
+        self.assertEqual(['-'] * 2, [r.job.unique for r in same])
+        self.assertEqual(same[0].job.handle, same[1].job.handle)
+        self.assertNotEqual(same[0].job.handle, other.job.handle)
+
     def test_poll_timeout_sets_timed_out(self):
         client = self.client()
         request = client.submit_job('nobody_works_here', b'',
@@ -650,6 +663,24 @@ class FacadeScenarios(object):
         self.stopServer()
         client.get_job_status(request, poll_timeout=2.0)
         self.assertTrue(request.timed_out)
+
+    def test_dropped_clients_close_their_connections(self):
+        def gear_threads():
+            return {t for t in threading.enumerate()
+                    if t.name.startswith('Gearman client') and t.is_alive()}
+        before = gear_threads()
+        client = gearman.GearmanClient([self.host])
+        request = client.submit_job('dropped', b'', background=True)
+        admin = gearman.GearmanAdminClient([self.host])
+        admin.ping_server()
+        # A poll and a connect thread for each of the two connections.
+        started = gear_threads() - before
+        self.assertEqual(4, len(started))
+        del client, admin
+        gc.collect()
+        wait_for(lambda: not any(t.is_alive() for t in started),
+                 message='connection threads to end')
+        self.assertEqual(gearman.JOB_CREATED, request.state)
 
     def test_admin_round_trip(self):
         admin = self.admin()
@@ -748,6 +779,19 @@ class TestWithGearServer(FacadeScenarios, testtools.TestCase):
 
     def stopServer(self):
         self.gear_server.stop()
+
+    def test_ipv6_host_with_port(self):
+        if not socket.has_ipv6:
+            self.skipTest('no IPv6 support')
+        try:
+            server = self.useFixture(GearServer(host='::1'))
+        except OSError as e:
+            self.skipTest('cannot listen on ::1: %s' % e)
+        host = '[::1]:%d' % server.port
+        self.useFixture(WorkerThread([host], {'reverse': reverse}))
+        client = self.client([host])
+        request = client.submit_job('reverse', b'v6', poll_timeout=WAIT)
+        self.assertEqual(b'6v', request.result)
 
     def test_tls(self):
         directory = self.useFixture(fixtures.TempDir()).path

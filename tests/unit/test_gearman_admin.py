@@ -36,7 +36,7 @@ class TestConstruction(testtools.TestCase):
         client = gearman.GearmanAdminClient([('127.0.0.1', 4730)])
         self.assertEqual(10.0, client.poll_timeout)
         # Nothing connects until the first command.
-        self.assertIsNone(client._link)
+        self.assertEqual([], client._links)
         client.shutdown()
 
 
