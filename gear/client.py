@@ -3,6 +3,7 @@
 import collections
 import datetime
 import logging
+import threading
 import time
 import uuid
 
@@ -51,18 +52,31 @@ class Client(BaseClient):
     :arg bool exceptions: ask every server for WORK_EXCEPTION packets
         (OPTION_REQ ``exceptions``) on each (re)connection, so that
         ``job.exception`` is set; without it gearmand sends WORK_FAIL.
+    :arg bool resubmit: when a connection is lost, submit its unfinished
+        foreground jobs again (to any connected server, within
+        ``resubmit_timeout`` seconds) instead of marking them failed.
+        A job whose worker had already done the work when the server was
+        lost then runs twice: use it for jobs that are safe to repeat.
+    :arg float resubmit_timeout: how long a lost job may wait for a
+        server to take it again before it is marked failed.
     """
 
     #: Seconds a server may take to answer an echo after it failed to
     #: answer a submission in time; if it does not, it is disconnected.
     probe_timeout = 5.0
 
-    def __init__(self, client_id='unknown', exceptions=True):
+    def __init__(self, client_id='unknown', exceptions=True,
+                 resubmit=False, resubmit_timeout=60):
         super(Client, self).__init__(client_id)
         self.log = logging.getLogger(
             "gear.Client.%s" % (to_text(self.client_id),))
         self.options = set()
         self.exceptions = exceptions
+        self.resubmit = resubmit
+        self.resubmit_timeout = resubmit_timeout
+        self._lost_jobs = collections.deque()
+        self._resubmitter = None
+        self._resubmit_lock = threading.Lock()
 
     def __repr__(self):
         return '<gear.Client 0x%x>' % id(self)
@@ -143,6 +157,9 @@ class Client(BaseClient):
                 self.log.debug("Submission of %s to %s failed: %s", job,
                                conn, task.error)
                 continue
+            if not background:
+                # What a resubmission after a lost connection needs.
+                job._precedence = precedence
             return
         raise GearmanError("Unable to submit job to any connected servers")
 
@@ -439,11 +456,68 @@ class Client(BaseClient):
         return option
 
     def handleDisconnect(self, job):
-        """Mark a job lost with its connection as failed and complete.
+        """A foreground job's connection was lost before it finished.
 
-        Override (without calling this) to resubmit it instead.
+        With ``resubmit`` the job is queued to be submitted again;
+        otherwise (the default) it is marked complete, failed and
+        ``disconnected`` so that waiters stop waiting.  Override (without
+        calling this) to handle lost jobs yourself.
         """
+        if self.resubmit and self.running and not job.complete:
+            self._queueResubmission(job)
+            return job
+        return self._markLost(job)
+
+    @staticmethod
+    def _markLost(job):
         job.complete = True
         job.failure = True
         job.disconnected = True
         return job
+
+    def _queueResubmission(self, job):
+        job.handle = None
+        job.connection = None
+        del job.data[:]
+        job.numerator = job.denominator = job.fraction_complete = None
+        deadline = time.monotonic() + self.resubmit_timeout
+        with self._resubmit_lock:
+            self._lost_jobs.append((job, deadline))
+            if self._resubmitter is None:
+                # Not the poll thread: submitJob waits for replies that
+                # only the poll thread can deliver.
+                self._resubmitter = threading.Thread(
+                    target=self._resubmitLostJobs,
+                    name="Gearman client resubmit", daemon=True)
+                self._resubmitter.start()
+
+    def _resubmitLostJobs(self):
+        while True:
+            with self._resubmit_lock:
+                if not self._lost_jobs:
+                    self._resubmitter = None
+                    return
+                job, deadline = self._lost_jobs.popleft()
+            self._resubmit(job, deadline)
+
+    def _resubmit(self, job, deadline):
+        precedence = getattr(job, '_precedence',
+                             constants.PRECEDENCE_NORMAL)
+        while self.running:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                self.waitForServer(timeout=remaining)
+                self.submitJob(job, precedence=precedence,
+                               timeout=min(30, max(remaining, 0.1)))
+                self.log.info("Resubmitted %s after a lost connection", job)
+                return
+            except (GearmanError, TimeoutError) as e:
+                self.log.debug("Resubmission of %s failed: %s", job, e)
+                # The servers are reconnecting; try again shortly.
+                with self.connections_condition:
+                    self.connections_condition.wait(
+                        min(0.5, max(0.0, deadline - time.monotonic())))
+        self.log.warning("Gave up resubmitting %s", job)
+        self._markLost(job)
