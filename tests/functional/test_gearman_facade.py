@@ -72,10 +72,15 @@ class PickleDataEncoder(gearman.DataEncoder):
 
 
 class GearServer(fixtures.Fixture):
-    """gear's Server on 127.0.0.1, via gear.testing when it exists."""
+    """gear's Server on a loopback address (gear.testing's fixture).
 
-    def __init__(self, **options):
+    With ``ssl=True`` it speaks mutual TLS; :meth:`client_tls` then gives
+    a client identity.
+    """
+
+    def __init__(self, ssl=False, **options):
         super(GearServer, self).__init__()
+        self.ssl = ssl
         self.options = options
 
     def _setUp(self):
@@ -85,20 +90,29 @@ class GearServer(fixtures.Fixture):
         try:
             from gear.testing import GearServerFixture
         except ImportError:
-            GearServerFixture = None
-        if GearServerFixture is not None and not self.options:
-            fixture = self.useFixture(GearServerFixture())
-            self.port = fixture.port
-            self.server = getattr(fixture, 'server', None)
+            self._startOwnServer()
             return
+        fixture = self.useFixture(GearServerFixture(ssl=self.ssl,
+                                                    **self.options))
+        self.server = fixture.server
+        self.port = fixture.port
+        self.client_tls = fixture.client_cert
+
+    def _startOwnServer(self):
         options = dict(self.options)
         options.setdefault('host', '127.0.0.1')
-        self.server = gear.Server(0, **options)
+        tls = (None, None, None)
+        if self.ssl:
+            directory = self.useFixture(fixtures.TempDir()).path
+            ca, identity = tlsutil.make_server_files(directory)
+            tls = (identity.key, identity.cert, identity.ca)
+            self.client_tls = lambda cn: tuple(ca.issue(cn))
+        self.server = gear.Server(0, *tls, **options)
         self.addCleanup(self.stop)
         self.port = self.server.port
 
     def stop(self):
-        if self.server is not None and self.server.running:
+        if self.server.running:
             self.server.shutdown()
 
 
@@ -682,6 +696,32 @@ class FacadeScenarios(object):
                  message='connection threads to end')
         self.assertEqual(gearman.JOB_CREATED, request.state)
 
+    def test_work_stops_when_the_server_goes_away(self):
+        worker = gearman.GearmanWorker([self.host])
+        worker.set_client_id('doomed-worker')
+        worker.register_task('reverse', reverse)
+        outcome = []
+
+        def run():
+            try:
+                worker.work(poll_timeout=0.1)
+            except Exception as e:
+                outcome.append(e)
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, WAIT)
+        self.addCleanup(worker.shutdown)
+        admin = self.admin()
+        wait_for(lambda: 'doomed-worker' in [
+            row['client_id'] for row in admin.get_workers()],
+            message='worker connected')
+        admin.shutdown()
+        self.stopServer()
+        thread.join(WAIT)
+        self.assertFalse(thread.is_alive())
+        [error] = outcome
+        self.assertIsInstance(error, gearman.ServerUnavailable)
+
     def test_admin_round_trip(self):
         admin = self.admin()
         self.assertIsInstance(admin.ping_server(), float)
@@ -794,15 +834,10 @@ class TestWithGearServer(FacadeScenarios, testtools.TestCase):
         self.assertEqual(b'6v', request.result)
 
     def test_tls(self):
-        directory = self.useFixture(fixtures.TempDir()).path
-        ca, server_id = tlsutil.make_server_files(directory)
-        client_id = ca.issue('facade-client')
-        server = self.useFixture(GearServer(
-            ssl_key=server_id.key, ssl_cert=server_id.cert,
-            ssl_ca=server_id.ca))
-        entry = dict(host='127.0.0.1', port=server.port,
-                     keyfile=client_id.key, certfile=client_id.cert,
-                     ca_certs=client_id.ca)
+        server = self.useFixture(GearServer(ssl=True))
+        key, cert, ca = server.client_tls('facade-client')
+        entry = dict(host='127.0.0.1', port=server.port, keyfile=key,
+                     certfile=cert, ca_certs=ca)
         self.useFixture(WorkerThread([entry], {'reverse': reverse}))
         client = self.client([entry])
         request = client.submit_job('reverse', b'secret', poll_timeout=WAIT)
