@@ -92,8 +92,10 @@ def child_env():
 class Geard(fixtures.Fixture):
     """A geard subprocess; stderr is collected line by line."""
 
-    def __init__(self, *extra, foreground=True, port=None, cwd=None):
+    def __init__(self, *extra, foreground=True, port=None, cwd=None,
+                 env=None):
         super(Geard, self).__init__()
+        self.env = env or {}
         self.extra = list(extra)
         self.foreground = foreground
         self.port = free_port() if port is None else port
@@ -109,7 +111,7 @@ class Geard(fixtures.Fixture):
         argv += self.extra
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env=child_env(),
+            stderr=subprocess.PIPE, env=dict(child_env(), **self.env),
             cwd=self.cwd or REPO)
         self.addCleanup(self._stop)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -237,6 +239,49 @@ class TestGeardServes(GeardTestCase):
         self.assertNotEqual(0, port)
         wait_for(lambda: accepts(port), WAIT, 'the reported port')
         self.assertTrue(admin(port, 'version').startswith('OK '))
+
+
+class TestGeardOptions(GeardTestCase):
+
+    def test_store_keeps_background_jobs_across_restart(self):
+        store = os.path.join(self.dir, 'jobs.db')
+        port = free_port()
+        first = self.start('--store', store, port=port)
+        client = self.client(first.port)
+        job = gear.Job(b'later', b'kept', unique=b'u-1')
+        client.submitJob(job, background=True, timeout=WAIT)
+        client.shutdown()
+        first.signal(signal.SIGTERM)
+        self.assertEqual(0, first.wait_exit())
+
+        second = self.start('--store', store, port=port)
+        worker = self.worker(second.port, 'later')
+        replayed = worker.getJob(timeout=WAIT)
+        self.assertEqual((b'kept', b'u-1'),
+                         (replayed.arguments, replayed.unique))
+        replayed.sendWorkComplete()
+
+    def test_statsd_from_environment(self):
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(receiver.close)
+        receiver.bind((HOST, 0))
+        receiver.settimeout(WAIT)
+        geard = self.start(env={
+            'STATSD_HOST': HOST,
+            'STATSD_PORT': str(receiver.getsockname()[1]),
+            'STATSD_PREFIX': 'geardtest'})
+        self.assertTrue(admin(geard.port, 'version').startswith('OK'))
+        client = self.client(geard.port)
+        client.submitJob(gear.Job(b'counted', b''), background=True,
+                         timeout=WAIT)
+        keys = set()
+        deadline = time.monotonic() + WAIT
+        while 'geardtest.packet.SUBMIT_JOB_BG' not in keys:
+            receiver.settimeout(max(0.01, deadline - time.monotonic()))
+            data, _ = receiver.recvfrom(65536)
+            for line in data.decode().splitlines():
+                keys.add(line.split(':', 1)[0])
+        self.assertIn('geardtest.queue.total', keys)
 
 
 class TestGeardSignals(GeardTestCase):
