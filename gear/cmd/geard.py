@@ -624,6 +624,9 @@ def main(argv=None):
     try:
         setup_logging(args)
         acl = load_acl(args.acl)
+        if acl is not None and not args.ssl_cert:
+            log.warning('--acl without TLS: no connection has a subject, '
+                        'so every ACL-controlled request will be denied')
         check_tls_files(args)
         context = None
         if not args.nodaemon:
