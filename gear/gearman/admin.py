@@ -26,7 +26,7 @@ ECHO_STRING = b'ping? pong!'
 
 
 class _AdminLink(LinkWatch, gear.Client):
-    """A gear Client that completes the admin requests it reads."""
+    """The one connection of a GearmanAdminClient."""
 
     def __init__(self, address):
         self._initLinkWatch()
@@ -36,10 +36,6 @@ class _AdminLink(LinkWatch, gear.Client):
                            address.certfile, address.ca_certs)
         else:
             self.addServer(address.host, address.port)
-
-    def handleAdminRequest(self, request):
-        request.setComplete()
-        return request
 
 
 def _line(request):
