@@ -316,7 +316,8 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         self.store = open_store(store)
         self._persist = getattr(self.store, 'persistent', True)
         # Stores that batch writes commit once per loop turn, before the
-        # JOB_CREATED replies of that turn are sent.
+        # JOB_CREATED replies of that turn are sent.  _store_acked holds
+        # the connections waiting for that commit (None: a removal).
         self._store_flush = getattr(self.store, 'flush', None) \
             if self._persist else None
         self._store_acked = []
@@ -828,6 +829,8 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
                 except Exception:
                     pass
             for conn in acked:
+                if conn is None:  # a removal only
+                    continue
                 conn.send_queue.clear()
                 self._lostConnection(conn)
 
@@ -1123,6 +1126,12 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         self._flushConnection(conn)
 
     def _flushConnection(self, conn):
+        if self._store_acked:
+            # Output can leave mid-turn (a writable backlog, a flush before
+            # a close); a JOB_CREATED in it must not precede its commit.
+            self._commitStore()
+            if conn.closed:
+                return
         out = conn.send_queue
         if not out:
             if conn._events & _EV_WRITE:
@@ -1286,6 +1295,10 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
             except Exception:
                 self.log.exception("Cannot remove %s from the job store",
                                    handle)
+            if self._store_flush is not None and not self._store_acked:
+                # Commit the removal this turn even if nothing is acked,
+                # or a crash would replay finished jobs.
+                self._store_acked.append(None)
         if self.stats is not None:
             self._updateStats()
 
@@ -1913,6 +1926,8 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
                 except Exception:
                     self.log.exception("Cannot remove %s from the job store",
                                        job.handle)
+                if self._store_flush is not None and not self._store_acked:
+                    self._store_acked.append(None)
             job.ignore = True
             self.queue.releaseUnique(job)
         else:

@@ -1,0 +1,33 @@
+"""Run a gear.Server in its own process: ``serve.py PORT JSON-KWARGS``.
+
+geard exposes most Server options as flags; this runner passes any
+keyword (``max_output_buffer``, ``max_packet_size``, ...) so a test can
+measure the server process alone (its RSS, its open files) while it is
+attacked.  SIGTERM stops it.
+"""
+
+import json
+import logging
+import signal
+import sys
+import threading
+
+
+def main(argv):
+    port = int(argv[1])
+    kwargs = json.loads(argv[2]) if len(argv) > 2 else {}
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format='%(asctime)s %(levelname)s %(name)s: '
+                               '%(message)s')
+    import gear
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    signal.signal(signal.SIGINT, lambda *a: stop.set())
+    server = gear.Server(port, host='127.0.0.1', **kwargs)
+    while not stop.wait(3600):
+        pass
+    server.shutdown()
+
+
+if __name__ == '__main__':
+    main(sys.argv)

@@ -1,0 +1,218 @@
+"""Job servers run as child processes, so they can be killed with
+SIGKILL and their memory and file descriptors read from /proc.
+
+Every server listens on 127.0.0.1 and a free port.  Startup waits until
+the server answers an admin ``status`` (a replaying server accepts TCP
+connections before it serves them), and every wait is bounded.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from tests.gearmand import free_port, gearmand_path
+from tests.reliability import peers
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+
+_QUIET_LOGGING = """\
+[loggers]
+keys=root
+[handlers]
+keys=stderr
+[formatters]
+keys=plain
+[logger_root]
+level=WARNING
+handlers=stderr
+[handler_stderr]
+class=StreamHandler
+args=(sys.stderr,)
+formatter=plain
+[formatter_plain]
+format=%(asctime)s %(levelname)s %(name)s: %(message)s
+"""
+
+
+def child_env():
+    env = dict(os.environ)
+    env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
+    for name in ('STATSD_HOST', 'STATSD_PORT', 'STATSD_PREFIX'):
+        env.pop(name, None)
+    return env
+
+
+def rss_bytes(pid):
+    """Resident set size of a process, from /proc."""
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) * 1024
+    raise ValueError('no VmRSS for %d' % pid)
+
+
+def open_fds(pid):
+    """How many file descriptors a process has open."""
+    return len(os.listdir('/proc/%d/fd' % pid))
+
+
+class ServerProcess(object):
+    """Base: a server command run on a fresh free port at each start."""
+
+    name = 'server'
+
+    def __init__(self, workdir=None):
+        self._own_dir = workdir is None
+        self.workdir = workdir or tempfile.mkdtemp(prefix='gear-rel-')
+        self.proc = None
+        self.port = None
+        self.starts = 0
+
+    def command(self, port):
+        raise NotImplementedError()
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def start(self, timeout=START_TIMEOUT):
+        self.port = free_port()
+        self.starts += 1
+        self.log_path = os.path.join(
+            self.workdir, '%s-%d.log' % (self.name, self.starts))
+        with open(self.log_path, 'wb') as log:
+            self.proc = subprocess.Popen(
+                self.command(self.port), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=log, env=child_env(),
+                cwd=REPO)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError('%s exited with %s at start: %s' % (
+                    self.name, self.proc.returncode, self.log()))
+            try:
+                peers.status(self.port, timeout=max(
+                    0.1, deadline - time.monotonic()))
+                return self
+            except (OSError, peers.PeerClosed):
+                pass
+            if time.monotonic() >= deadline:
+                self.kill()
+                raise RuntimeError('%s did not start: %s' % (
+                    self.name, self.log()))
+            time.sleep(0.02)
+
+    def log(self):
+        try:
+            with open(self.log_path, 'rb') as f:
+                return f.read()[-4000:].decode('utf8', 'replace')
+        except OSError:
+            return ''
+
+    def kill(self):
+        """SIGKILL: the crash under test."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(STOP_TIMEOUT)
+
+    def stop(self):
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss(self):
+        return rss_bytes(self.pid)
+
+    def fds(self):
+        return open_fds(self.pid)
+
+    def close(self):
+        self.stop()
+        if self._own_dir:
+            import shutil
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class Geard(ServerProcess):
+    """gear's geard; ``store`` is a SQLite path kept across restarts."""
+
+    name = 'geard'
+
+    def __init__(self, store=None, extra=(), workdir=None):
+        super(Geard, self).__init__(workdir)
+        self.store = store
+        self.extra = list(extra)
+        self.log_config = os.path.join(self.workdir, 'logging.conf')
+        with open(self.log_config, 'w') as f:
+            f.write(_QUIET_LOGGING)
+
+    def command(self, port):
+        argv = [sys.executable, '-m', 'gear.cmd.geard', '-d',
+                '-p', str(port), '--listen-address', peers.HOST,
+                '--log-config', self.log_config]
+        if self.store:
+            argv += ['--store', self.store]
+        return argv + self.extra
+
+
+class Serve(ServerProcess):
+    """A gear.Server with any keyword arguments (see serve.py)."""
+
+    name = 'serve'
+
+    def __init__(self, workdir=None, **server_kwargs):
+        super(Serve, self).__init__(workdir)
+        self.server_kwargs = server_kwargs
+
+    def command(self, port):
+        return [sys.executable, '-m', 'tests.reliability.serve',
+                str(port), json.dumps(self.server_kwargs)]
+
+
+class Gearmand(ServerProcess):
+    """The C gearmand with its libsqlite3 queue at ``db``."""
+
+    name = 'gearmand'
+
+    def __init__(self, db, extra=(), workdir=None):
+        super(Gearmand, self).__init__(workdir)
+        self.binary = gearmand_path()
+        self.db = db
+        self.extra = list(extra)
+
+    @staticmethod
+    def available():
+        """None if gearmand with libsqlite3 can run here, else why not."""
+        binary = gearmand_path()
+        if binary is None:
+            return 'gearmand is not installed'
+        try:
+            out = subprocess.run([binary, '--help'], capture_output=True,
+                                 timeout=20)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return 'gearmand --help failed: %s' % e
+        if b'libsqlite3-db' not in out.stdout + out.stderr:
+            return 'this gearmand has no libsqlite3 queue'
+        return None
+
+    def command(self, port):
+        return [self.binary, '--listen=%s' % peers.HOST, '--port=%d' % port,
+                '--log-file=stderr', '--verbose=ERROR',
+                '--queue-type=libsqlite3', '--libsqlite3-db=%s' % self.db
+                ] + self.extra
