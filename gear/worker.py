@@ -2,19 +2,19 @@
 
 Each server connection runs a small state machine (``Connection.state``):
 
-========== ================================= ==========
-From       Event                             To
-========== ================================= ==========
-INIT       connected, functions sent         IDLE
-IDLE       a caller waits; GRAB_JOB_UNIQ     GRAB_WAIT
-GRAB_WAIT  JOB_ASSIGN*                       IDLE
-GRAB_WAIT  NO_JOB; PRE_SLEEP sent            SLEEP
-SLEEP      NOOP, a caller waits; GRAB        GRAB_WAIT
-SLEEP      NOOP, every caller already served AWAKE
-AWAKE      a caller waits; GRAB_JOB_UNIQ     GRAB_WAIT
-SLEEP      registerFunction                  IDLE
-SLEEP/AWAKE no caller waiting                IDLE
-========== ================================= ==========
+=========== ================================= ==========
+From        Event                             To
+=========== ================================= ==========
+INIT        connected, functions sent         IDLE
+IDLE        a caller waits; GRAB_JOB_UNIQ     GRAB_WAIT
+GRAB_WAIT   JOB_ASSIGN*                       IDLE
+GRAB_WAIT   NO_JOB; PRE_SLEEP sent            SLEEP
+SLEEP       NOOP, a caller waits; GRAB        GRAB_WAIT
+SLEEP       NOOP, every caller already served AWAKE
+AWAKE       a caller waits; GRAB_JOB_UNIQ     GRAB_WAIT
+SLEEP       registerFunction                  IDLE
+SLEEP/AWAKE no caller waiting                 IDLE
+=========== ================================= ==========
 
 Grabs are rationed: across all servers, the GRAB_JOB_UNIQ requests in
 flight plus the jobs already queued never exceed the callers waiting in

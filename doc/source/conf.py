@@ -1,7 +1,18 @@
-"""Sphinx configuration for the gear documentation."""
+"""Sphinx configuration for the gear documentation.
 
+Nothing here needs the network or an external program: the command-line
+help shown in the pages is produced at build time from the programs' own
+argument parsers (the ``program-help`` directive below), so it cannot
+drift from the code.
+"""
+
+import contextlib
+import importlib
 import os
 import sys
+
+from docutils import nodes
+from docutils.parsers.rst import Directive
 
 # Document the package from this tree, installed or not.
 sys.path.insert(0, os.path.abspath(os.path.join('..', '..')))
@@ -20,10 +31,15 @@ extensions = [
 ]
 
 autodoc_member_order = 'bysource'
+# No default 'members': each directive lists what it documents (and some
+# Sphinx versions let a default 'members' override an explicit list).
 autodoc_default_options = {
-    'members': True,
     'show-inheritance': True,
 }
+# The signatures already say what the arguments are; the docstrings say
+# what they mean.
+autodoc_typehints = 'none'
+autoclass_content = 'both'
 
 source_suffix = {'.rst': 'restructuredtext'}
 master_doc = 'index'
@@ -33,3 +49,52 @@ pygments_style = 'sphinx'
 html_theme = 'alabaster'
 html_title = 'gear %s' % release
 htmlhelp_basename = 'geardoc'
+html_theme_options = {
+    'description': 'Gearman in pure Python',
+    'fixed_sidebar': True,
+}
+
+
+@contextlib.contextmanager
+def _columns(width):
+    """argparse wraps its help to $COLUMNS; pin it for a stable page."""
+    old = os.environ.get('COLUMNS')
+    os.environ['COLUMNS'] = str(width)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ['COLUMNS']
+        else:
+            os.environ['COLUMNS'] = old
+
+
+class ProgramHelp(Directive):
+    """``.. program-help:: package.module:function``
+
+    Shows ``--help`` of the ``argparse`` parser that the named function
+    returns, as a literal block.
+    """
+
+    required_arguments = 1
+    has_content = False
+
+    def run(self):
+        target = self.arguments[0]
+        module_name, _, func_name = target.partition(':')
+        try:
+            parser = getattr(importlib.import_module(module_name),
+                             func_name)()
+            with _columns(76):
+                text = parser.format_help()
+        except Exception as e:
+            raise self.error('program-help: cannot get the help of %s: %s'
+                             % (target, e))
+        block = nodes.literal_block(text, text)
+        block['language'] = 'text'
+        return [block]
+
+
+def setup(app):
+    app.add_directive('program-help', ProgramHelp)
+    return {'parallel_read_safe': True, 'parallel_write_safe': True}
