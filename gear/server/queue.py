@@ -355,10 +355,13 @@ class JobQueue(object):
     def releaseUnique(self, job):
         """Free the job's unique so that new submissions do not attach."""
         fq = job._fq
-        if job.unique and fq is not None and fq.uniques:
-            key = unique_key(job.unique, job.arguments)
-            if key is not None and fq.uniques.get(key) is job:
-                del fq.uniques[key]
+        unique = job.unique
+        if unique and fq is not None:
+            if unique == b'-':
+                unique = unique_key(unique, job.arguments)
+            uniques = fq.uniques
+            if unique is not None and uniques.get(unique) is job:
+                del uniques[unique]
 
     def remove(self, job):
         """Forget a job for good (finished, cancelled, dropped).  O(1)."""
@@ -366,22 +369,24 @@ class JobQueue(object):
         if state == DONE:
             return
         fq = job._fq
-        if state == QUEUED:
+        if state == RUNNING:
+            fq.running -= 1
+            self.running -= 1
+        elif state == QUEUED:
             p = job.precedence
             fq.queued[p] -= 1
             self.queued[p] -= 1
             stale = fq.stale[p] = fq.stale[p] + 1
             if stale >= COMPACT_MIN and stale > fq.queued[p]:
                 self._compact(fq, p)
-        elif state == RUNNING:
-            fq.running -= 1
-            self.running -= 1
         elif state == EPOCH:
             fq.epoch_count -= 1
             self.epoch_count -= 1
         job._state = DONE
-        if self.jobs.get(job.handle) is job:
-            del self.jobs[job.handle]
+        handle = job.handle
+        jobs = self.jobs
+        if jobs.get(handle) is job:
+            del jobs[handle]
         if job.unique:
             self.releaseUnique(job)
 

@@ -64,7 +64,9 @@ _READ_MASK = _EV_READ | _EV_ERR
 _packet_trusted = Packet._trusted
 _new_job = ServerJob.__new__
 _QUEUED = jobstates.QUEUED
-_unpack_type_size = struct.Struct('!II').unpack_from
+_unpack_header = struct.Struct('!III').unpack_from
+_REQ_MAGIC = int.from_bytes(REQ, 'big')
+_RES_MAGIC = int.from_bytes(RES, 'big')
 _pack_header = struct.Struct('!4sII').pack
 MAX_ADMIN_LINE = 64 * 1024
 
@@ -490,9 +492,10 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         fast[constants.GRAB_JOB_ALL] = self._makeGrabHandler(
             constants.JOB_ASSIGN_ALL)
         if not self._overridden('handlePassthrough'):
-            for ptype in (constants.WORK_COMPLETE, constants.WORK_FAIL,
-                          constants.WORK_EXCEPTION):
-                fast[ptype] = partial(self._passthrough, ptype, True)
+            for ptype in (constants.WORK_COMPLETE, constants.WORK_FAIL):
+                fast[ptype] = self._makeResultHandler(ptype)
+            fast[constants.WORK_EXCEPTION] = partial(
+                self._passthrough, constants.WORK_EXCEPTION, True)
             for ptype in (constants.WORK_DATA, constants.WORK_WARNING,
                           constants.WORK_STATUS):
                 fast[ptype] = partial(self._passthrough, ptype, False)
@@ -588,6 +591,42 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
 
         return handler
 
+    def _makeResultHandler(self, ptype):
+        """A WORK_COMPLETE or WORK_FAIL handler: :meth:`_passthrough` with
+        the forward to each attached client inlined; refusals and their
+        ERROR replies go through :meth:`_passthrough` itself."""
+        server = self
+        jobs_get = self.queue.jobs.get
+        passthrough = self._passthrough
+        finish = self._finishJob
+        dirty = self._dirty
+        pack_header = _pack_header
+
+        def handler(conn, data):
+            end = data.find(b'\x00')
+            job = jobs_get(data if end < 0 else data[:end])
+            if job is None or job.worker_connection is not conn or \
+                    job._state != RUNNING:
+                passthrough(ptype, True, conn, data)
+                return
+            clients = job.clients
+            if clients:
+                header = pack_header(RES, ptype, len(data))
+                for c in clients:
+                    out = c.send_queue
+                    if out:
+                        out += header
+                        out += data
+                        if len(out) > server.max_output_buffer:
+                            server._outputOverflow(c)
+                    elif not c.closed:
+                        dirty.append(c)
+                        out += header
+                        out += data
+            finish(job)
+
+        return handler
+
     def _makeGrabHandler(self, kind):
         """A GRAB_JOB* handler answering with ``kind`` (JOB_ASSIGN*).
 
@@ -603,6 +642,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         pack_header = _pack_header
         join = b'\x00'.join
         uniq = constants.JOB_ASSIGN_UNIQ
+        take = q.take
 
         def handler(conn, payload):
             if conn.state == 'SLEEP':
@@ -618,9 +658,17 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
                     if fqs:
                         if q.epoch_count:
                             server._promoteDue(fqs)
-                        job = q.take(fqs)
+                        job = take(fqs)
                         if job is not None:
-                            server._assignJob(conn, job)
+                            # _assignJob for a job take() just detached;
+                            # timers and statistics take the full path.
+                            job._fq.running += 1
+                            q.running += 1
+                            job._state = RUNNING
+                            job.worker_connection = conn
+                            conn.related_jobs[job.handle] = job
+                            if conn._timeouts or server.stats is not None:
+                                server._assignJob(conn, job)
             if job is None:
                 server._send(conn, _NO_JOB)
                 return
@@ -997,7 +1045,8 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         end = len(data)
         fast = self._fast
         maxsize = self.max_packet_size
-        unpack = _unpack_type_size
+        unpack = _unpack_header
+        req_magic = _REQ_MAGIC
         while pos < end:
             if conn.closed:
                 return
@@ -1006,15 +1055,12 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
                     buf.feed(data[pos:])
                     buf.readPacket()  # validates what there is
                     return
-                ptype, size = unpack(data, pos + 4)
-                if data.startswith(REQ, pos):
-                    request = True
-                elif data.startswith(RES, pos):
-                    request = False
-                else:
+                magic, ptype, size = unpack(data, pos)
+                request = magic == req_magic
+                if not request and magic != _RES_MAGIC:
                     raise ProtocolError("Invalid magic code %r" % (
                         data[pos:pos + 4],))
-                if ptype < 1 or ptype > 42:
+                if ptype > 42 or ptype < 1:
                     raise ProtocolError("Invalid packet type %d" % ptype)
                 if size > maxsize:
                     self._oversized(conn, size)
@@ -1111,13 +1157,17 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         out = conn.send_queue
         if out:
             out += data
-            if len(out) > self.max_output_buffer and not conn.closed:
-                self.log.warning("%s is not reading its replies; "
-                                 "disconnecting it", conn)
-                self._deferClose(conn)
+            if len(out) > self.max_output_buffer:
+                self._outputOverflow(conn)
         elif not conn.closed:
             self._dirty.append(conn)
             out += data
+
+    def _outputOverflow(self, conn):
+        if not conn.closed:
+            self.log.warning("%s is not reading its replies; "
+                             "disconnecting it", conn)
+            self._deferClose(conn)
 
     def writeToConnection(self, conn):
         """Send pending output; stop watching for writability when done."""
