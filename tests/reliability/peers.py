@@ -137,13 +137,30 @@ class RawPeer(object):
                 return data[:end].decode('utf8', 'replace')
             self._fill(deadline)
 
+    def admin_reply_ready(self, timeout=None):
+        """Wait for a complete ``status``-style reply; True once read."""
+        self.admin_reply = None
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            data = self.inbuf.unread()
+            if data == b'.\n' or b'\n.\n' in data:
+                end = 2 if data == b'.\n' else data.index(b'\n.\n') + 3
+                self.inbuf.consume(end)
+                self.admin_reply = data[:end]
+                return True
+            self._fill(deadline)
+
     def status(self, timeout=None):
         """``{function: (total, running, workers)}``."""
         table = {}
         for line in self.admin('status', timeout).splitlines():
-            parts = line.split('\t')
-            if len(parts) >= 4:
+            # Function names are arbitrary bytes (tabs too): take the
+            # three numbers from the right, skip rows that do not parse.
+            parts = line.rsplit('\t', 3)
+            try:
                 table[parts[0]] = tuple(int(x) for x in parts[1:4])
+            except ValueError:
+                continue
         return table
 
     def shutdown(self, how):

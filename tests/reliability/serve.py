@@ -3,7 +3,8 @@
 geard exposes most Server options as flags; this runner passes any
 keyword (``max_output_buffer``, ``max_packet_size``, ...) so a test can
 measure the server process alone (its RSS, its open files) while it is
-attacked.  SIGTERM stops it.
+attacked.  ``store_synchronous`` (with ``store``, a path) opens the
+SQLite store with that ``synchronous`` setting.  SIGTERM stops it.
 """
 
 import json
@@ -20,6 +21,13 @@ def main(argv):
                         format='%(asctime)s %(levelname)s %(name)s: '
                                '%(message)s')
     import gear
+    synchronous = kwargs.pop('store_synchronous', None)
+    if synchronous:
+        # A SQLite store with a chosen synchronous setting (geard's
+        # --store always uses the default, NORMAL).
+        from gear.server.sqlite_store import SqliteStore
+        kwargs['store'] = SqliteStore(kwargs['store'], synchronous,
+                                      group_commit=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
