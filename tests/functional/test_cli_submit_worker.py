@@ -1,0 +1,247 @@
+"""gear-submit and gear-worker run as programs, together and with
+libgearman's ``gearman`` tool, against geard and gearmand."""
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import testtools
+
+import gear
+from tests.functional.test_cli_admin import (
+    CLI_TIMEOUT, WAIT, GeardMixin, GearmandMixin, run_cli)
+from tests.gearmand import free_port
+
+GEARMAN = os.environ.get('GEARMAN', '/usr/bin/gearman')
+
+
+def gearman_tool():
+    if os.path.isfile(GEARMAN) and os.access(GEARMAN, os.X_OK):
+        return GEARMAN
+    return shutil.which('gearman')
+
+
+class SubmitWorkerChecks(object):
+
+    def submit(self, *args, **kwargs):
+        return run_cli('submit', '-p', self.port, *args, **kwargs)
+
+    def worker(self, functions, command, *options):
+        args = ['-p', self.port]
+        for name in functions:
+            args += ['-f', name]
+        return self.start_cli('worker', *(args + list(options) + ['--'] +
+                                          list(command)))
+
+    def finished(self, process):
+        out, err = process.communicate(timeout=CLI_TIMEOUT)
+        return process.returncode, out, err
+
+    def test_submit_and_worker_round_trip(self):
+        worker = self.worker(['cli_up'], ['tr', 'a-z', 'A-Z'],
+                             '--count', '2')
+        result = self.submit('-f', 'cli_up', 'hello', 'world')
+        self.assertEqual((0, b'HELLOWORLD'),
+                         (result.returncode, result.stdout), result.stderr)
+        self.assertEqual(0, self.finished(worker)[0])
+
+    def test_stdin_is_one_binary_safe_job(self):
+        worker = self.worker(['cli_cat'], ['cat'], '--count', '1')
+        data = bytes(range(256)) * 64 + b'\r\n\x00end'
+        result = self.submit('-f', 'cli_cat', input=data)
+        self.assertEqual(0, result.returncode, result.stderr)
+        self.assertEqual(data, result.stdout)
+        self.assertEqual(0, self.finished(worker)[0])
+
+    def test_lines_with_progress(self):
+        count = 300
+        worker = self.worker(['cli_lines'], ['tr', 'a-z', 'A-Z'],
+                             '--count', count)
+        lines = ['line-%d' % i for i in range(count)]
+        result = self.submit('-f', 'cli_lines', '--lines', '--progress',
+                             '--window', '32',
+                             input=('\n'.join(lines) + '\n').encode())
+        self.assertEqual(0, result.returncode, result.stderr)
+        self.assertEqual([line.upper() for line in lines],
+                         result.stdout.decode().splitlines())
+        self.assertIn(b'] 300/300 100% ', result.stderr)
+        self.assertTrue(result.stderr.endswith(b'\n'))
+        self.assertEqual(0, self.finished(worker)[0])
+
+    def test_streamed_output(self):
+        worker = self.worker(['cli_stream'],
+                             ['sh', '-c', 'echo first; cat; echo last'],
+                             '--count', '1', '--stream')
+        result = self.submit('-f', 'cli_stream', 'middle\n')
+        self.assertEqual((0, b'first\nmiddle\nlast\n'),
+                         (result.returncode, result.stdout), result.stderr)
+        self.assertEqual(0, self.finished(worker)[0])
+
+    def test_background_jobs_show_in_admin_status(self):
+        result = self.submit('-f', 'cli_bg', '--background', 'a', 'b')
+        self.assertEqual(0, result.returncode, result.stderr)
+        handles = result.stdout.decode().split()
+        self.assertEqual(2, len(set(handles)), handles)
+        status = self.admin_json('status')
+        self.assertIn({'function': 'cli_bg', 'total': 2, 'running': 0,
+                       'workers': 0}, status)
+        jobs = {j['handle'] for j in self.admin_json('jobs')}
+        self.assertTrue(set(handles) <= jobs, (handles, jobs))
+
+    def test_background_options(self):
+        result = self.submit('-f', 'cli_same', '-b', '-u', 'one-id', 'a',
+                             'b')
+        handles = result.stdout.decode().split()
+        self.assertEqual(2, len(handles))
+        self.assertEqual(1, len(set(handles)), handles)
+        self.assertIn({'unique': 'one-id'}, self.admin_json('unique-jobs'))
+        result = self.submit('-f', 'cli_high', '-b', '--priority', 'high',
+                             'x')
+        self.assertEqual(0, result.returncode, result.stderr)
+        self.assertIn({'function': 'cli_high', 'high': 1, 'normal': 0,
+                       'low': 0, 'workers': 0},
+                      self.admin_json('priority-status'))
+        later = str(int(time.time()) + 3600)
+        result = self.submit('-f', 'cli_later', '--when', later, 'x')
+        self.assertEqual(0, result.returncode, result.stderr)
+        self.assertTrue(result.stdout.strip())
+        self.assertEqual((1, 0, 0), self.status()['cli_later'])
+
+    def test_failing_command(self):
+        worker = self.worker(['cli_bad'],
+                             ['sh', '-c', 'echo broken >&2; exit 3'],
+                             '--count', '1')
+        result = self.submit('-f', 'cli_bad', 'x')
+        self.assertEqual(1, result.returncode)
+        self.assertEqual(b'', result.stdout)
+        self.assertRegex(result.stderr.decode(),
+                         r'^gear-submit: the job \(\S+\) failed\n$')
+        code, _, err = self.finished(worker)
+        self.assertEqual(0, code)
+        self.assertIn(b'sh exited with status 3: broken', err)
+
+    def test_worker_exception_is_reported(self):
+        worker = gear.Worker('cli-exception-worker')
+        self.addCleanup(worker.shutdown)
+        worker.registerFunction('cli_exc')
+        worker.addServer('127.0.0.1', self.port)
+        worker.waitForServer(timeout=WAIT)
+
+        def serve():
+            try:
+                job = worker.getJob(timeout=WAIT)
+            except (gear.TimeoutError, gear.InterruptedError):
+                return
+            job.sendWorkException(b'boom happened')
+        thread = threading.Thread(target=serve)
+        thread.daemon = True
+        thread.start()
+        self.addCleanup(thread.join, WAIT)
+        result = self.submit('-f', 'cli_exc', 'x')
+        self.assertEqual(1, result.returncode)
+        self.assertRegex(result.stderr.decode(),
+                         r'^gear-submit: the job \(\S+\) failed with an '
+                         r'exception: boom happened\n$')
+
+    def test_timeout(self):
+        result = self.submit('-f', 'cli_nobody', '--timeout', '0.3', 'x')
+        self.assertEqual(1, result.returncode)
+        self.assertRegex(result.stderr.decode(),
+                         r'^gear-submit: the job \(\S+\) did not finish '
+                         r'within 0\.3 s\n$')
+
+    def test_worker_client_id_and_clean_stop(self):
+        worker = self.worker(['cli_term', 'cli_term2'], ['cat'],
+                             '--client-id', 'cli-term-worker',
+                             '--timeout-ms', '5000')
+        self.wait_workers('cli_term2')
+        rows = [r for r in self.admin_json('workers')
+                if r['client_id'] == 'cli-term-worker']
+        self.assertEqual(1, len(rows))
+        self.assertEqual(['cli_term', 'cli_term2'],
+                         sorted(rows[0]['functions']))
+        result = self.submit('-f', 'cli_term', 'still served')
+        self.assertEqual(b'still served', result.stdout, result.stderr)
+        worker.send_signal(signal.SIGTERM)
+        code, _, err = self.finished(worker)
+        self.assertEqual(0, code, err)
+        self.wait_workers('cli_term', 0)
+
+    def test_gearman_client_against_gear_worker(self):
+        tool = gearman_tool()
+        if tool is None:
+            self.skipTest('gearman (gearman-tools) is not installed')
+        worker = self.worker(['cli_gm_up'], ['tr', 'a-z', 'A-Z'],
+                             '--count', '1')
+        result = subprocess.run(
+            [tool, '-h', '127.0.0.1', '-p', str(self.port), '-f',
+             'cli_gm_up', 'from libgearman'],
+            capture_output=True, timeout=CLI_TIMEOUT)
+        self.assertEqual((0, b'FROM LIBGEARMAN'),
+                         (result.returncode, result.stdout.strip()),
+                         result.stderr)
+        self.assertEqual(0, self.finished(worker)[0])
+
+    def test_gear_submit_against_gearman_worker(self):
+        tool = gearman_tool()
+        if tool is None:
+            self.skipTest('gearman (gearman-tools) is not installed')
+        worker = subprocess.Popen(
+            [tool, '-h', '127.0.0.1', '-p', str(self.port), '-w', '-f',
+             'cli_gm_rev', '-c', '1', '--', 'rev'],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
+
+        def stop():
+            if worker.poll() is None:
+                worker.kill()
+            worker.communicate(timeout=CLI_TIMEOUT)
+        self.addCleanup(stop)
+        result = self.submit('-f', 'cli_gm_rev', 'abc\n')
+        self.assertEqual((0, b'cba\n'), (result.returncode, result.stdout),
+                         result.stderr)
+        self.assertEqual(0, worker.wait(timeout=CLI_TIMEOUT))
+
+
+class TestSubmitWorkerGeard(GeardMixin, SubmitWorkerChecks,
+                            testtools.TestCase):
+    pass
+
+
+class TestSubmitWorkerGearmand(GearmandMixin, SubmitWorkerChecks,
+                               testtools.TestCase):
+    pass
+
+
+class TestNoServer(testtools.TestCase):
+
+    def test_submit_connection_refused(self):
+        port = free_port()
+        result = run_cli('submit', '-p', port, '-f', 'fn', 'x')
+        self.assertEqual(3, result.returncode)
+        self.assertEqual(('gear-submit: cannot connect to 127.0.0.1:%d: '
+                          'Connection refused\n' % port).encode(),
+                         result.stderr)
+
+    def test_worker_connection_refused(self):
+        port = free_port()
+        result = run_cli('worker', '-p', port, '-f', 'fn', '--', 'cat')
+        self.assertEqual(3, result.returncode)
+        self.assertEqual(('gear-worker: cannot connect to 127.0.0.1:%d: '
+                          'Connection refused\n' % port).encode(),
+                         result.stderr)
+
+    def test_worker_usage(self):
+        result = run_cli('worker', '-f', 'fn')
+        self.assertEqual(2, result.returncode)
+        self.assertIn(b'give the command to run after --', result.stderr)
+        result = run_cli('worker', '-f', 'fn', '--',
+                         'no-such-command-anywhere')
+        self.assertEqual(2, result.returncode)
+        self.assertIn(b'command not found: no-such-command-anywhere',
+                      result.stderr)
+        result = run_cli('submit', 'x')
+        self.assertEqual(2, result.returncode)
