@@ -11,8 +11,10 @@ import time
 import testtools
 
 import gear
+from gear.testing import GearServerFixture
 from tests.functional.test_cli_admin import (
-    CLI_TIMEOUT, WAIT, GeardMixin, GearmandMixin, run_cli)
+    CLI_TIMEOUT, REPO, WAIT, GeardMixin, GearmandMixin, cli_command, cli_env,
+    run_cli)
 from tests.gearmand import free_port
 
 GEARMAN = os.environ.get('GEARMAN', '/usr/bin/gearman')
@@ -146,6 +148,19 @@ class SubmitWorkerChecks(object):
                          r'^gear-submit: the job \(\S+\) failed with an '
                          r'exception: boom happened\n$')
 
+    def test_refused_job(self):
+        # gearmand ignores maxqueue for a function it does not know yet.
+        self.assertEqual({'ok': True},
+                         self.admin_json('create-function', 'cli_full'))
+        self.assertEqual({'ok': True},
+                         self.admin_json('maxqueue', 'cli_full', '1'))
+        result = self.submit('-f', 'cli_full', '-b', 'a', 'b')
+        self.assertEqual(1, result.returncode)
+        self.assertEqual(1, len(result.stdout.split()), result.stdout)
+        self.assertEqual(b'gear-submit: job 2 was not submitted: the server '
+                         b'refused it: QUEUE_ERROR Job queue is full\n',
+                         result.stderr)
+
     def test_timeout(self):
         result = self.submit('-f', 'cli_nobody', '--timeout', '0.3', 'x')
         self.assertEqual(1, result.returncode)
@@ -245,3 +260,27 @@ class TestNoServer(testtools.TestCase):
                       result.stderr)
         result = run_cli('submit', 'x')
         self.assertEqual(2, result.returncode)
+
+
+class TestSubmitWorkerTLS(testtools.TestCase):
+
+    def test_round_trip_over_mutual_tls(self):
+        fixture = self.useFixture(GearServerFixture(ssl=True))
+
+        def tls(cn):
+            key, cert, ca = fixture.client_cert(cn)
+            return ['-p', fixture.port, '--ssl-key', key, '--ssl-cert', cert,
+                    '--ssl-ca', ca]
+
+        worker = subprocess.Popen(
+            cli_command('worker', *(tls('worker') + [
+                '-f', 'cli_tls', '--count', '1', '--', 'tr', 'a-z', 'A-Z'])),
+            cwd=REPO, env=cli_env(), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: worker.poll() is None and worker.kill())
+        result = run_cli('submit', *(tls('client') + ['-f', 'cli_tls',
+                                                      'secret']))
+        self.assertEqual((0, b'SECRET'), (result.returncode, result.stdout),
+                         result.stderr)
+        _, err = worker.communicate(timeout=CLI_TIMEOUT)
+        self.assertEqual(0, worker.returncode, err)
