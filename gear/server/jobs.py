@@ -18,6 +18,10 @@ DETACHED = 3     # taken out of its FIFO by a view, not yet assigned
 RUNNING = 4      # assigned to a worker connection
 DONE = 5         # finished, cancelled or dropped; never revived
 
+# ServerJob._flags: the precedence (0-2) plus this bit for background jobs.
+# One slot instead of two keeps a job within a smaller allocation size.
+BACKGROUND = 4
+
 
 class ServerJob(object):
     """A job as the server tracks it.
@@ -33,8 +37,7 @@ class ServerJob(object):
     """
 
     __slots__ = ('handle', 'arguments', 'unique', 'clients',
-                 'worker_connection', 'precedence', 'background', '_state',
-                 '_fq', '__dict__')
+                 'worker_connection', '_flags', '_state', '_fq', '__dict__')
 
     # Rarely set; a write lands in the instance __dict__ only for the few
     # jobs that need it.
@@ -62,8 +65,8 @@ class ServerJob(object):
         self.unique = _as_bytes(unique) if unique else None
         self.clients = [client_connection] if client_connection else None
         self.worker_connection = None
-        self.precedence = constants.PRECEDENCE_NORMAL
-        self.background = client_connection is None
+        self._flags = constants.PRECEDENCE_NORMAL | (
+            BACKGROUND if client_connection is None else 0)
         self._state = NEW
 
     @classmethod
@@ -79,10 +82,27 @@ class ServerJob(object):
         self.unique = unique
         self.clients = clients
         self.worker_connection = None
-        self.precedence = precedence
-        self.background = background
+        self._flags = precedence | (BACKGROUND if background else 0)
         self._state = NEW
         return self
+
+    @property
+    def precedence(self):
+        """PRECEDENCE_NORMAL, PRECEDENCE_LOW or PRECEDENCE_HIGH."""
+        return self._flags & 3
+
+    @precedence.setter
+    def precedence(self, value):
+        self._flags = (self._flags & BACKGROUND) | value
+
+    @property
+    def background(self):
+        """True for a job submitted with a SUBMIT_JOB*_BG packet."""
+        return self._flags >= BACKGROUND
+
+    @background.setter
+    def background(self, value):
+        self._flags = (self._flags & 3) | (BACKGROUND if value else 0)
 
     # The name lives in the job's FunctionQueue (one bytes object per
     # function instead of one per job); a job not queued yet keeps its own.

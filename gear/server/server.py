@@ -530,6 +530,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         new = _new_job
         cls = ServerJob
         state = _QUEUED
+        flags = precedence | (jobstates.BACKGROUND if background else 0)
 
         def handler(conn, payload):
             fields = payload.split(b'\x00', 2)
@@ -559,8 +560,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
             job.arguments = arguments
             job.unique = unique
             job.worker_connection = None
-            job.precedence = precedence
-            job.background = background
+            job._flags = flags
             job._fq = fq
             job._state = state
             if background:
@@ -1339,7 +1339,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         if timer is not None:
             self._cancelTimer(timer)
             job._timer = None
-        if job.background and self._persist and not job.ignore:
+        if self._persist and job.background and not job.ignore:
             try:
                 self.store.remove(job)
             except Exception:
@@ -1627,8 +1627,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         job.arguments = arguments
         job.unique = unique
         job.worker_connection = None
-        job.precedence = precedence
-        job.background = background
+        job._flags = precedence | (jobstates.BACKGROUND if background else 0)
         job._fq = fq
         if background:
             job.clients = None
