@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import os
 import sys
+import textwrap
 
 from docutils import nodes
 from docutils.parsers.rst import Directive
@@ -90,6 +91,12 @@ class ProgramHelp(Directive):
         except Exception as e:
             raise self.error('program-help: cannot get the help of %s: %s'
                              % (target, e))
+        # Descriptions written for a raw formatter are not wrapped by
+        # argparse; wrap those (unindented) lines for the page.
+        text = '\n'.join(
+            textwrap.fill(line, 76) if len(line) > 76 and
+            not line[:1].isspace() else line
+            for line in text.split('\n'))
         block = nodes.literal_block(text, text)
         block['language'] = 'text'
         return [block]
