@@ -45,7 +45,10 @@ HIGH = constants.PRECEDENCE_HIGH
 LOW = constants.PRECEDENCE_LOW
 RUNNING = jobstates.RUNNING
 
-RECV_SIZE = 256 * 1024
+# recv() allocates this much before shrinking to what arrived; above
+# glibc's initial mmap threshold (128 KiB) every read could cost an
+# mmap/mremap/munmap round trip.
+RECV_SIZE = 64 * 1024
 MAX_UNIQUE = 64
 MAX_HANDLE = 64
 MAX_CLIENT_ID = 127
