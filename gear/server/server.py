@@ -2036,6 +2036,9 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
     def _cleanup(self):
         with self.lock:
             self.running = False
+            if self._store_acked:
+                # A turn cut short: commit before its replies go out.
+                self._commitStore()
             for conn in list(self.connection_map.values()):
                 if conn.send_queue:
                     try:

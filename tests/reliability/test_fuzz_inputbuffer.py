@@ -25,6 +25,7 @@ packets = st.builds(
     st.integers(1, C.MAX_TYPE),
     st.binary(max_size=300))
 
+
 # Text lines: the first byte is not NUL and there is no newline inside.
 def _line(first, rest, crlf):
     content = first + rest

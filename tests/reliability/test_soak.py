@@ -123,6 +123,8 @@ class TestSoak(testtools.TestCase):
             'fds_last_max': max(s[2] for s in last),
         }
         self.addDetail('soak', text_content(json.dumps(report, indent=1)))
+        # Shown by pytest -s or -rP.
+        print('soak report: %s' % json.dumps(report))
         message = json.dumps(report)
         self.assertTrue(server.alive(), message)
         self.assertIn(soak.BG, peers.status(port), message)

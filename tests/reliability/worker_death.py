@@ -14,11 +14,8 @@ The parent (:class:`KillController`) keeps the books: assignments, work
 done, kills by kind, and the outcome every client saw.
 """
 
-import collections
 import multiprocessing.connection
-import random
 import select
-import signal
 import threading
 import time
 
