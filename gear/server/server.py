@@ -1775,8 +1775,9 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
     def _registerFunction(self, conn, name, timeout):
         if self.acl is not None and not self.acl.canRegister(
                 conn.ssl_subject, _decode(name)):
-            self.log.info("ACL denied %s registering %r", conn.ssl_subject,
-                          name)
+            # CAN_DO has no reply: the log is the worker's only hint.
+            self.log.warning("ACL denied %s registering %r",
+                             conn.ssl_subject, name)
             return
         fq = self.queue.function(name)
         if fq.name not in conn.functions:

@@ -287,7 +287,8 @@ class TestACL(TLSTestCase):
         # CAN_DO has no reply, so the denial must at least be logged,
         # naming the subject and the function.
         denial = [line for line in logged.output.splitlines()
-                  if 'denied' in line and 'acl-job' in line]
+                  if line.startswith('WARNING') and 'denied' in line and
+                  'acl-job' in line]
         self.assertEqual(1, len(denial), logged.output)
 
         submitter = self.wire('allowed')
