@@ -125,6 +125,12 @@ def build_parser():
     parser.add_argument('--store', dest='store', metavar='PATH',
                         help='SQLite file that keeps background jobs '
                              'across restarts')
+    parser.add_argument('--store-sync', dest='store_sync',
+                        choices=('normal', 'full'), default='normal',
+                        help='normal: a stored job survives the server '
+                             'being killed; full: it also survives a '
+                             'power loss, at one fsync per loop turn '
+                             '(default %(default)s)')
     parser.add_argument('--exceptions', dest='exceptions',
                         action='store_true',
                         help='forward WORK_EXCEPTION to every client by '
@@ -142,6 +148,10 @@ def build_parser():
     parser.add_argument('--max-packet-size', dest='max_packet_size',
                         type=_positive, default=None, metavar='BYTES',
                         help='larger packets are refused')
+    parser.add_argument('--max-output-buffer', dest='max_output_buffer',
+                        type=_positive, default=None, metavar='BYTES',
+                        help='a peer that leaves more than this unread is '
+                             'disconnected')
     parser.add_argument('--max-connections', dest='max_connections',
                         type=_positive, default=None, metavar='N',
                         help='connections beyond this are refused')
@@ -209,10 +219,15 @@ def server_kwargs(args, acl=None):
         exceptions=args.exceptions,
         allow_admin_shutdown=args.allow_admin_shutdown)
     for name in ('job_retries', 'store', 'job_handle_prefix', 'backlog',
-                 'worker_wakeup', 'max_packet_size', 'max_connections'):
+                 'worker_wakeup', 'max_packet_size', 'max_connections',
+                 'max_output_buffer'):
         value = getattr(args, name)
         if value is not None:
             kwargs[name] = value
+    if args.store and args.store_sync != 'normal':
+        from gear.server.sqlite_store import SqliteStore
+        kwargs['store'] = SqliteStore(args.store, synchronous=args.store_sync,
+                                      group_commit=True)
     return kwargs
 
 
@@ -535,10 +550,17 @@ class Geard(object):
         except OSError:
             pass
 
-    def _on_signal(self, signum, frame):
-        self._notify(signum)
+    @staticmethod
+    def _on_signal(signum, frame):
+        """Nothing to do: the wake-up fd already carries the signal."""
 
     def install_signal_handlers(self):
+        # The kernel may deliver a signal to any thread, and a Python
+        # handler only runs once the main thread executes bytecode again,
+        # which it does not while blocked reading the pipe.  The wake-up
+        # fd is written by the C-level handler at once, whichever thread
+        # took the signal, so run() sees it without delay.
+        signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1,
                        signal.SIGHUP):
             signal.signal(signum, self._on_signal)

@@ -143,7 +143,26 @@ class TestFlags(testtools.TestCase):
         self.assertEqual(1048576, kwargs['max_packet_size'])
         self.assertEqual(100, kwargs['max_connections'])
         self.assertIs(True, kwargs['allow_admin_shutdown'])
+        self.assertNotIn('max_output_buffer', kwargs)
         self.assertEqual('the-acl', kwargs['acl'])
+
+    def test_max_output_buffer(self):
+        kwargs = geard.server_kwargs(parse('--max-output-buffer', '65536'))
+        self.assertEqual(65536, kwargs['max_output_buffer'])
+        self.assertRejected('--max-output-buffer', '0')
+
+    def test_store_sync_full_opens_a_syncing_store(self):
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                            'jobs.db')
+        kwargs = geard.server_kwargs(parse('--store', path,
+                                           '--store-sync', 'full'))
+        store = kwargs['store']
+        self.addCleanup(store.close)
+        self.assertEqual(path, store.path)
+        self.assertTrue(store.group_commit)
+        self.assertEqual(
+            2, store.db.execute('PRAGMA synchronous').fetchone()[0])
+        self.assertRejected('--store-sync', 'sometimes')
 
     def test_new_options_validate_numbers(self):
         self.assertRejected('--job-retries', '-1')
