@@ -1488,6 +1488,11 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
 
     def _wakeFunction(self, fq):
         """Wake this function's sleepers, in rotation, up to worker_wakeup.
+
+        On the loop thread the NOOPs are written at once rather than at
+        the end of the turn: a woken worker is the next step of the job,
+        and it should not wait behind the turn's other replies (unless a
+        store commit has to precede them).
         """
         sleepers = fq.sleepers
         if not sleepers:
@@ -1502,6 +1507,11 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
             for other in conn._fqs:
                 other.sleepers.pop(conn, None)
             self._send(conn, _NOOP)
+        if not self._store_acked and \
+                threading.get_ident() == self._loop_ident:
+            for conn in conns:
+                if conn.send_queue and not conn.closed:
+                    self._flushConnection(conn)
 
     def _armEpochTimer(self, fq):
         due = fq.nextEpoch()
