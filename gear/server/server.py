@@ -8,18 +8,22 @@ appended to the connections' output buffers and flushed once per turn.
 Timers (CAN_DO_TIMEOUT per job, epoch jobs, TLS handshake deadlines) live
 in one heap; the poll timeout is the time to the next one.
 
-Queue state lives in :class:`gear.server.queue.JobQueue`; admin commands
-in :mod:`gear.server.admin`; persistence behind :mod:`gear.server.store`.
+This module keeps the loop, connection I/O, timers and shutdown.  The
+rest of the server is mixed in: packet handlers from
+:mod:`gear.server.handlers` (with tuned copies of the hot ones in
+:mod:`gear.server.fastpath`), job lifecycle and worker wake-ups from
+:mod:`gear.server.scheduling`, admin commands from
+:mod:`gear.server.admin`.  Queue state lives in
+:class:`gear.server.queue.JobQueue`; persistence behind
+:mod:`gear.server.store`; the poller in :mod:`gear.server.poller`.
 """
 
 import errno
-import functools
 import heapq
 import itertools
 import logging
 import os
 import select
-import selectors
 import socket
 import ssl
 import struct
@@ -29,14 +33,21 @@ import time
 from gear import constants
 from gear.base import BaseClientServer
 from gear.errors import ConfigurationError, ProtocolError
-from gear.protocol import DEFAULT_MAX_PACKET_SIZE, Packet, pack
+from gear.protocol import DEFAULT_MAX_PACKET_SIZE, Packet
 from gear.server import admin as admin_mod
+from gear.server import fastpath
+from gear.server import handlers
 from gear.server import jobs as jobstates
+from gear.server import scheduling
+from gear.server import stats as stats_mod
 from gear.server.connection import (
     ServerAdminRequest, ServerConnection, subject_from_cert)
 from gear.server.jobs import ServerJob
+from gear.server.poller import (
+    _EV_READ, _EV_WRITE, _HAS_EPOLL, _READ_MASK, Poller)
 from gear.server.queue import JobQueue, unique_key
 from gear.server.store import open_store
+from gear.server.util import MAX_HANDLE, _CloseConnection, _to_bytes
 
 REQ = constants.REQ
 RES = constants.RES
@@ -49,179 +60,18 @@ RUNNING = jobstates.RUNNING
 # glibc's initial mmap threshold (128 KiB) every read could cost an
 # mmap/mremap/munmap round trip.
 RECV_SIZE = 64 * 1024
-MAX_UNIQUE = 64
-MAX_HANDLE = 64
-MAX_CLIENT_ID = 127
-MIN_CAN_DO_TIMEOUT = 1000
 # The longest single poll wait; far timers are simply re-checked.
 MAX_POLL_WAIT = 3600.0
 # A handle is <prefix>:<n>, at most 63 bytes; n has at most 20 digits.
 MAX_PREFIX = 63 - 21
 
-_HAS_EPOLL = hasattr(select, 'epoll')
-_EV_READ = select.EPOLLIN if _HAS_EPOLL else 1
-_EV_WRITE = select.EPOLLOUT if _HAS_EPOLL else 4
-_EV_ERR = (select.EPOLLERR | select.EPOLLHUP) if _HAS_EPOLL else 8
-_READ_MASK = _EV_READ | _EV_ERR
-
 _packet_trusted = Packet._trusted
-_new_job = ServerJob.__new__
-_QUEUED = jobstates.QUEUED
 _unpack_header = struct.Struct('!III').unpack_from
 _REQ_MAGIC = int.from_bytes(REQ, 'big')
 _RES_MAGIC = int.from_bytes(RES, 'big')
-_pack_header = struct.Struct('!4sII').pack
 MAX_ADMIN_LINE = 64 * 1024
 
-
-def _created_header(size):
-    header = struct.pack('!4sII', RES, constants.JOB_CREATED, size)
-    _CREATED_HEADERS[size] = header
-    return header
-
-
-_CREATED_HEADERS = {}
-_NOOP = pack(RES, constants.NOOP)
-_NO_JOB = pack(RES, constants.NO_JOB)
 _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK)
-
-_NOT_FOUND_TEXT = {
-    constants.WORK_STATUS: b'Job given in work result not found',
-    constants.WORK_COMPLETE: b'Job given in work result not found',
-    constants.WORK_FAIL: b'Job given in work result not found',
-    constants.WORK_DATA: b'Job does not exist on server',
-    constants.WORK_WARNING: b'Job does not exist on server',
-    constants.WORK_EXCEPTION:
-        b'An exception was received for a job that does not exist',
-}
-
-
-class _CloseConnection(Exception):
-    """Raised by a handler: the peer sent something that ends the session.
-    """
-
-
-class _Poller(object):
-    """epoll where available, ``selectors`` elsewhere, one small API."""
-
-    def __init__(self):
-        if _HAS_EPOLL:
-            self._epoll = select.epoll()
-            self.poll = self._epoll.poll
-            self.register = self._epoll.register
-            self.modify = self._epoll.modify
-            self.unregister = self._epoll.unregister
-            self.close = self._epoll.close
-        else:
-            self._sel = selectors.DefaultSelector()
-            self.poll = self._selPoll
-            self.register = self._selRegister
-            self.modify = self._selModify
-            self.unregister = self._sel.unregister
-            self.close = self._sel.close
-
-    @staticmethod
-    def _toSel(mask):
-        events = 0
-        if mask & _EV_READ:
-            events |= selectors.EVENT_READ
-        if mask & _EV_WRITE:
-            events |= selectors.EVENT_WRITE
-        return events or selectors.EVENT_READ
-
-    def _selRegister(self, fd, mask):
-        self._sel.register(fd, self._toSel(mask))
-
-    def _selModify(self, fd, mask):
-        self._sel.modify(fd, self._toSel(mask))
-
-    def _selPoll(self, timeout=None):
-        if timeout is not None and timeout < 0:
-            timeout = None
-        out = []
-        for key, events in self._sel.select(timeout):
-            mask = 0
-            if events & selectors.EVENT_READ:
-                mask |= _EV_READ
-            if events & selectors.EVENT_WRITE:
-                mask |= _EV_WRITE
-            out.append((key.fd, mask))
-        return out
-
-
-class _NullStats(object):
-    def packet(self, ptype, duration):
-        pass
-
-    def queue(self, total, running, waiting):
-        pass
-
-
-class _StatsdStats(object):
-    """Reports to a statsd client with the keys of api.md A.14."""
-
-    def __init__(self, client):
-        self.statsd = client
-
-    def packet(self, ptype, duration):
-        key = 'packet.%s' % constants.types.get(ptype, 'UNKNOWN')
-        self.statsd.timing(key, int(duration * 1000))
-        self.statsd.incr(key)
-
-    def queue(self, total, running, waiting):
-        self.statsd.gauge('queue.total', total)
-        self.statsd.gauge('queue.running', running)
-        self.statsd.gauge('queue.waiting', waiting)
-
-
-def _make_stats(host, port, prefix):
-    try:
-        from gear.server import stats as stats_mod
-    except ImportError:
-        stats_mod = None
-    factory = getattr(stats_mod, 'make_reporter', None)
-    if factory is not None:
-        return factory(host, port, prefix)
-    try:
-        import statsd
-    except ImportError:
-        logging.getLogger('gear.Server').warning(
-            'statsd is not installed; statistics are off')
-        return None
-    return _StatsdStats(statsd.StatsClient(host, port, prefix))
-
-
-def _atoi(value):
-    """Leading decimal digits as an unsigned 32-bit int (0 if none)."""
-    digits = 0
-    for c in value:
-        if 48 <= c <= 57:
-            digits += 1
-        else:
-            break
-    if not digits:
-        return 0
-    return int(value[:digits]) & 0xffffffff
-
-
-def _parse_decimal(value):
-    """A strict decimal (at most 20 digits) or _CloseConnection."""
-    value = value.strip()
-    if not value or len(value) > 20 or not value.isdigit():
-        raise _CloseConnection('unparsable number %r' % (value[:32],))
-    return int(value)
-
-
-def _to_bytes(value):
-    if isinstance(value, str):
-        return value.encode('utf8')
-    return bytes(value)
-
-
-def _decode(value):
-    if isinstance(value, bytes):
-        return value.decode('utf8', 'surrogateescape')
-    return value
 
 
 def _default_prefix():
@@ -229,7 +79,9 @@ def _default_prefix():
     return (b'H:' + host)[:MAX_PREFIX]
 
 
-class Server(admin_mod.AdminHandlers, BaseClientServer):
+class Server(handlers.PacketHandlers, scheduling.Scheduling,
+             fastpath.FastPaths, admin_mod.AdminHandlers,
+             BaseClientServer):
     """A Gearman job server.
 
     The positional arguments are gear's; everything after ``tcp_keepcnt``
@@ -330,9 +182,9 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         self.statsd = None
         self.stats = None
         if statsd_host:
-            self.stats = _make_stats(statsd_host, statsd_port, statsd_prefix)
-            self.statsd = getattr(self.stats, 'client',
-                                  getattr(self.stats, 'statsd', None))
+            self.stats = stats_mod.make_reporter(
+                statsd_host, statsd_port, statsd_prefix)
+            self.statsd = getattr(self.stats, 'client', None)
         self._timed = (self.stats is not None or
                        type(self).reportTimingStats
                        is not Server.reportTimingStats)
@@ -361,7 +213,7 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
 
         self.socket = self._listen()
         self.port = self.socket.getsockname()[1]
-        self.poll = _Poller()
+        self.poll = Poller(_HAS_EPOLL)
         self._listen_fd = self.socket.fileno()
         self.poll.register(self._listen_fd, _EV_READ)
         self.connect_wake_read, self.connect_wake_write = os.pipe()
@@ -473,236 +325,6 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
 
     def _overridden(self, name):
         return getattr(type(self), name, None) is not getattr(Server, name)
-
-    def _buildFastHandlers(self, names, table):
-        """Packet type -> f(connection, payload).
-
-        Hot packet types skip building a Packet object, unless a subclass
-        overrides their gear-named hook (then the hook is called, as gear
-        does); statistics timing routes everything through handlePacket.
-        """
-        partial = functools.partial
-        fast = {}
-        if not self._overridden('_handleSubmitJob'):
-            for ptype, (precedence, background) in \
-                    constants.SUBMIT_TYPES.items():
-                fast[ptype] = self._makeSubmitHandler(precedence,
-                                                      background)
-        fast[constants.GRAB_JOB] = self._makeGrabHandler(
-            constants.JOB_ASSIGN)
-        fast[constants.GRAB_JOB_UNIQ] = self._makeGrabHandler(
-            constants.JOB_ASSIGN_UNIQ)
-        fast[constants.GRAB_JOB_ALL] = self._makeGrabHandler(
-            constants.JOB_ASSIGN_ALL)
-        if not self._overridden('handlePassthrough'):
-            for ptype in (constants.WORK_COMPLETE, constants.WORK_FAIL):
-                fast[ptype] = self._makeResultHandler(ptype)
-            fast[constants.WORK_EXCEPTION] = partial(
-                self._passthrough, constants.WORK_EXCEPTION, True)
-            for ptype in (constants.WORK_DATA, constants.WORK_WARNING,
-                          constants.WORK_STATUS):
-                fast[ptype] = partial(self._passthrough, ptype, False)
-        out = []
-        for ptype in range(constants.MAX_TYPE + 1):
-            name = names.get(ptype)
-            if self._timed:
-                out.append(partial(self._dispatchTimed, ptype))
-            elif ptype in fast and not self._overridden(name):
-                out.append(fast[ptype])
-            else:
-                out.append(partial(self._dispatchPacket, table[ptype], ptype))
-        return out
-
-    def _makeSubmitHandler(self, precedence, background):
-        """A SUBMIT_JOB* handler for one (precedence, background) pair.
-
-        The common case (no ACL, no maxqueue, no store, no coalescing
-        match) runs entirely in this closure; everything else goes through
-        :meth:`_submit`.  It reads the server's settings on every call, so
-        changing ``acl`` or a maxqueue at run time takes effect at once.
-        """
-        server = self
-        q = self.queue
-        jobs = q.jobs
-        functions = q.functions
-        queued = q.queued
-        dirty = self._dirty
-        handle_format = self._handle_format
-        headers = _CREATED_HEADERS
-        submit = self._submit
-        new = _new_job
-        cls = ServerJob
-        state = _QUEUED
-        flags = precedence | (jobstates.BACKGROUND if background else 0)
-
-        def handler(conn, payload):
-            fields = payload.split(b'\x00', 2)
-            if len(fields) != 3:
-                raise _CloseConnection('malformed SUBMIT_JOB')
-            name, unique, arguments = fields
-            fq = functions.get(name)
-            if fq is None or fq.limits is not None or \
-                    server.acl is not None or (
-                        background and server._persist) or \
-                    len(unique) > MAX_UNIQUE or unique == b'-':
-                submit(conn, name, unique, arguments, precedence,
-                       background)
-                return
-            if unique:
-                job = fq.uniques.get(unique)
-                if job is not None:
-                    submit(conn, name, unique, arguments, precedence,
-                           background)
-                    return
-            else:
-                unique = None
-            n = q.max_handle = q.max_handle + 1
-            handle = handle_format % n
-            job = new(cls)
-            job.handle = handle
-            job.arguments = arguments
-            job.unique = unique
-            job.worker_connection = None
-            job._flags = flags
-            job._fq = fq
-            job._state = state
-            if background:
-                job.clients = None
-            else:
-                job.clients = [conn]
-                conn.related_jobs[handle] = job
-            jobs[handle] = job
-            if unique is not None:
-                fq.uniques[unique] = job
-            fq.fifos[precedence].append(job)
-            fq.queued[precedence] += 1
-            queued[precedence] += 1
-            out = conn.send_queue
-            if not out:
-                if conn.closed:
-                    return
-                dirty.append(conn)
-            hdr = headers.get(len(handle))
-            if hdr is None:
-                hdr = _created_header(len(handle))
-            out += hdr
-            out += handle
-            if fq.sleepers:
-                server._wakeFunction(fq)
-            if server.stats is not None:
-                server._updateStats()
-
-        return handler
-
-    def _makeResultHandler(self, ptype):
-        """A WORK_COMPLETE or WORK_FAIL handler: :meth:`_passthrough` with
-        the forward to each attached client inlined; refusals and their
-        ERROR replies go through :meth:`_passthrough` itself."""
-        server = self
-        jobs_get = self.queue.jobs.get
-        passthrough = self._passthrough
-        finish = self._finishJob
-        dirty = self._dirty
-        pack_header = _pack_header
-
-        def handler(conn, data):
-            end = data.find(b'\x00')
-            job = jobs_get(data if end < 0 else data[:end])
-            if job is None or job.worker_connection is not conn or \
-                    job._state != RUNNING:
-                passthrough(ptype, True, conn, data)
-                return
-            clients = job.clients
-            if clients:
-                header = pack_header(RES, ptype, len(data))
-                for c in clients:
-                    out = c.send_queue
-                    if out:
-                        out += header
-                        out += data
-                        if len(out) > server.max_output_buffer:
-                            server._outputOverflow(c)
-                    elif not c.closed:
-                        dirty.append(c)
-                        out += header
-                        out += data
-            finish(job)
-
-        return handler
-
-    def _makeGrabHandler(self, kind):
-        """A GRAB_JOB* handler answering with ``kind`` (JOB_ASSIGN*).
-
-        Overrides of getJobForConnection or of the sendJobAssign* methods
-        are honoured; without them the default scheduler runs inline.
-        """
-        server = self
-        q = self.queue
-        custom = self._overridden('getJobForConnection')
-        custom_send = (self._overridden('sendJobAssign') or
-                       self._overridden('sendJobAssignUniq') or
-                       self._overridden('sendJobAssignAll'))
-        pack_header = _pack_header
-        join = b'\x00'.join
-        uniq = constants.JOB_ASSIGN_UNIQ
-        take = q.take
-
-        def handler(conn, payload):
-            if conn.state == 'SLEEP':
-                server._unsleep(conn)
-            job = None
-            if not server._draining:
-                if custom:
-                    job = server.getJobForConnection(conn)
-                    if job is not None:
-                        server._assignJob(conn, job)
-                else:
-                    fqs = conn._fqs
-                    if fqs:
-                        if q.epoch_count:
-                            server._promoteDue(fqs)
-                        job = take(fqs)
-                        if job is not None:
-                            # _assignJob for a job take() just detached;
-                            # timers and statistics take the full path.
-                            job._fq.running += 1
-                            q.running += 1
-                            job._state = RUNNING
-                            job.worker_connection = conn
-                            conn.related_jobs[job.handle] = job
-                            if conn._timeouts or server.stats is not None:
-                                server._assignJob(conn, job)
-            if job is None:
-                server._send(conn, _NO_JOB)
-                return
-            ptype = kind
-            if ptype == constants.JOB_ASSIGN_ALL and job.reducer is None:
-                ptype = uniq
-            if custom_send:
-                if ptype == uniq:
-                    server.sendJobAssignUniq(conn, job)
-                elif ptype == constants.JOB_ASSIGN:
-                    server.sendJobAssign(conn, job)
-                else:
-                    server.sendJobAssignAll(conn, job)
-                return
-            if ptype == uniq:
-                data = join((job.handle, job._fq.name, job.unique or b'',
-                             job.arguments))
-            elif ptype == constants.JOB_ASSIGN:
-                data = join((job.handle, job._fq.name, job.arguments))
-            else:
-                data = join((job.handle, job._fq.name, job.unique or b'',
-                             job.reducer, job.arguments))
-            out = conn.send_queue
-            if not out:
-                if conn.closed:
-                    return
-                server._dirty.append(conn)
-            out += pack_header(RES, ptype, len(data))
-            out += data
-
-        return handler
 
     def _replay(self):
         """Queue the background jobs the store kept from a previous run."""
@@ -1315,257 +937,6 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
         conn.related_jobs = {}
         self._updateStats()
 
-    def _abandonJob(self, job):
-        """The last client of a foreground job left."""
-        state = job._state
-        if state == RUNNING:
-            # Let it finish; its result goes nowhere.
-            job.ignore = True
-            self.queue.releaseUnique(job)
-        elif state != jobstates.DONE:
-            self._finishJob(job)
-
-    # -- job lifecycle --------------------------------------------------------
-
-    def _finishJob(self, job):
-        """A job ends for good: forget it everywhere."""
-        self.queue.remove(job)
-        handle = job.handle
-        worker = job.worker_connection
-        if worker is not None:
-            worker.related_jobs.pop(handle, None)
-        clients = job.clients
-        if clients:
-            for c in clients:
-                c.related_jobs.pop(handle, None)
-        timer = job._timer
-        if timer is not None:
-            self._cancelTimer(timer)
-            job._timer = None
-        if self._persist and job.background and not job.ignore:
-            try:
-                self.store.remove(job)
-            except Exception:
-                self.log.exception("Cannot remove %s from the job store",
-                                   handle)
-            if self._store_flush is not None and not self._store_acked:
-                # Commit the removal this turn even if nothing is acked,
-                # or a crash would replay finished jobs.
-                self._store_acked.append(None)
-        if self.stats is not None:
-            self._updateStats()
-
-    def _requeueJob(self, job, reason):
-        """Give a job that lost its worker back to the queue, or fail it
-        once it has used up its retries."""
-        worker = job.worker_connection
-        timer = job._timer
-        if timer is not None:
-            self._cancelTimer(timer)
-            job._timer = None
-        job.retries += 1
-        if worker is not None:
-            clients = job.clients
-            if not clients or worker not in clients:
-                worker.related_jobs.pop(job.handle, None)
-        if job.ignore:
-            self._finishJob(job)
-            return
-        limit = self.job_retries
-        if limit is not None and job.retries > limit:
-            self.log.info("Job %s failed after %d retries (%s)",
-                          job.handle, job.retries, reason)
-            if job.clients:
-                fail = pack(RES, constants.WORK_FAIL, job.handle)
-                for c in job.clients:
-                    self._send(c, fail)
-            self._finishJob(job)
-            return
-        if self._debug:
-            self.log.debug("Requeueing %s (%s)", job.handle, reason)
-        self.queue.requeue(job)
-        self._wakeFunction(job._fq)
-
-    def _jobTimedOut(self, job):
-        job.__dict__.pop('_timer', None)
-        if job._state == RUNNING:
-            self.log.info("Job %s exceeded its worker's timeout", job.handle)
-            self._requeueJob(job, 'CAN_DO_TIMEOUT expired')
-
-    # -- scheduling -----------------------------------------------------------
-
-    def getJobForConnection(self, connection, peek=False):
-        """The next job for a worker connection (the scheduling seam).
-
-        With ``peek`` the job stays queued.  Otherwise it is taken and
-        assigned to ``connection``.
-        """
-        fqs = connection._fqs
-        if not fqs:
-            return None
-        q = self.queue
-        if q.epoch_count:
-            self._promoteDue(fqs)
-        if peek:
-            return q.peek(fqs)
-        job = q.take(fqs)
-        if job is not None:
-            self._assignJob(connection, job)
-        return job
-
-    def _promoteDue(self, fqs):
-        now = None
-        for fq in fqs:
-            if fq.epoch_count:
-                if now is None:
-                    now = time.time()
-                if fq.epoch and fq.epoch[0][0] <= now:
-                    self.queue.promoteDue(fq, now)
-
-    def _assignJob(self, connection, job):
-        """Bookkeeping for a job given to a worker; safe to repeat."""
-        self.queue.start(job, connection)
-        connection.related_jobs[job.handle] = job
-        timeouts = connection._timeouts
-        if timeouts and job._timer is None:
-            ms = timeouts.get(job.name)
-            if ms:
-                job._timer = self._addTimer(ms / 1000.0, self._jobTimedOut,
-                                            job)
-        if self.stats is not None:
-            self._updateStats()
-
-    def _grab(self, conn):
-        if conn.state == 'SLEEP':
-            self._unsleep(conn)
-        if self._draining:
-            return None
-        job = self.getJobForConnection(conn)
-        if job is not None and self._overridden('getJobForConnection'):
-            # An override may have done only part of the bookkeeping.
-            self._assignJob(conn, job)
-        return job
-
-    def _unsleep(self, conn):
-        conn.state = 'AWAKE'
-        for fq in conn._fqs:
-            fq.sleepers.pop(conn, None)
-
-    def wakeConnection(self, connection):
-        """NOOP a sleeping worker connection (callable from any thread)."""
-        if self._onLoopThread():
-            self._wakeOne(connection)
-            return
-        with self.lock:
-            self._wakeOne(connection)
-        self._kick()
-
-    def _wakeOne(self, connection):
-        if connection.state == 'SLEEP' and not connection.closed:
-            self._unsleep(connection)
-            self._send(connection, _NOOP)
-
-    def wakeConnections(self, job=None):
-        """NOOP the sleeping workers that can run ``job`` (all if None).
-
-        Callable from any thread.
-        """
-        if self._onLoopThread():
-            self._wakeMany(job)
-            return
-        with self.lock:
-            self._wakeMany(job)
-        self._kick()
-
-    def _wakeMany(self, job):
-        if job is None:
-            for conn in list(self.connection_map.values()):
-                self._wakeOne(conn)
-            return
-        fq = self.queue.functions.get(job.name)
-        if fq is not None:
-            self._wakeFunction(fq)
-
-    def _wakeFunction(self, fq):
-        """Wake this function's sleepers, in rotation, up to worker_wakeup.
-
-        On the loop thread the NOOPs are written at once rather than at
-        the end of the turn: a woken worker is the next step of the job,
-        and it should not wait behind the turn's other replies (unless a
-        store commit has to precede them).
-        """
-        sleepers = fq.sleepers
-        if not sleepers:
-            return
-        limit = self.worker_wakeup
-        if limit and limit < len(sleepers):
-            conns = list(itertools.islice(sleepers, limit))
-        else:
-            conns = list(sleepers)
-        for conn in conns:
-            conn.state = 'AWAKE'
-            for other in conn._fqs:
-                other.sleepers.pop(conn, None)
-            self._send(conn, _NOOP)
-        if not self._store_acked and \
-                threading.get_ident() == self._loop_ident:
-            for conn in conns:
-                if conn.send_queue and not conn.closed:
-                    self._flushConnection(conn)
-
-    def _armEpochTimer(self, fq):
-        due = fq.nextEpoch()
-        timer = fq.timer
-        if timer is not None:
-            if due is not None and timer[2] is not None and \
-                    timer[4:] == [due]:
-                return
-            self._cancelTimer(timer)
-            fq.timer = None
-        if due is None:
-            return
-        delay = max(0.001, due - time.time())
-        entry = self._addTimer(delay, self._epochDue, fq)
-        entry.append(due)
-        fq.timer = entry
-
-    def _epochDue(self, fq):
-        fq.timer = None
-        if self.queue.promoteDue(fq, time.time()):
-            self._wakeFunction(fq)
-        self._armEpochTimer(fq)
-
-    def getQueue(self):
-        """All queued jobs as a list: high, then normal, then low."""
-        with self.lock:
-            return (list(self.high_queue) + list(self.normal_queue) +
-                    list(self.low_queue))
-
-    # -- replies --------------------------------------------------------------
-
-    def sendJobAssign(self, connection, job):
-        self._send(connection, pack(RES, constants.JOB_ASSIGN, b'\x00'.join(
-            (job.handle, job.name, job.arguments))))
-
-    def sendJobAssignUniq(self, connection, job):
-        self._send(connection, pack(
-            RES, constants.JOB_ASSIGN_UNIQ, b'\x00'.join(
-                (job.handle, job.name, job.unique or b'', job.arguments))))
-
-    def sendJobAssignAll(self, connection, job):
-        self._send(connection, pack(
-            RES, constants.JOB_ASSIGN_ALL, b'\x00'.join(
-                (job.handle, job.name, job.unique or b'', job.reducer,
-                 job.arguments))))
-
-    def sendNoJob(self, connection):
-        self._send(connection, _NO_JOB)
-
-    def sendError(self, connection, code, text):
-        """Send ERROR ``code\\0text`` (symbolic code, no trailing NUL)."""
-        self._send(connection, pack(RES, constants.ERROR, b'%s\x00%s' % (
-            _to_bytes(code), _to_bytes(text))))
-
     def reportTimingStats(self, ptype, duration):
         """Report how long a packet took (statsd ``packet.<NAME>``)."""
         stats = self.stats
@@ -1578,424 +949,6 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
             q = self.queue
             total = len(q.jobs)
             stats.queue(total, q.running, total - q.running)
-
-    # -- packet handlers: submission ------------------------------------------
-
-    def _handleSubmitJob(self, packet, precedence, background=False):
-        fields = packet.data.split(b'\x00', 2)
-        if len(fields) != 3:
-            raise _CloseConnection('malformed SUBMIT_JOB')
-        name, unique, arguments = fields
-        self._submit(packet.connection, name, unique, arguments,
-                     precedence, background)
-
-    def _submit(self, conn, name, unique, arguments, precedence, background,
-                when=0, reducer=None):
-        """Create (or coalesce) one job and answer JOB_CREATED.
-
-        This is the hottest path of the server, so the queue operations of
-        JobQueue.add() are inlined here for the common case.
-        """
-        q = self.queue
-        fq = q.functions.get(name)
-        key = None
-        if unique:
-            if len(unique) > MAX_UNIQUE:
-                self.sendError(conn, b'ARGUMENT_TOO_LARGE',
-                               b'Unique value too large')
-                return
-            key = unique_key(unique, arguments)
-        else:
-            unique = None
-        if self.acl is not None and not self.acl.canInvoke(
-                conn.ssl_subject, _decode(name)):
-            self.log.info("ACL denied %s submitting %r", conn.ssl_subject,
-                          name)
-            self.sendError(conn, b'PERMISSION_DENIED',
-                           b'Permission denied by ACL')
-            return
-        if fq is None:
-            fq = q.function(name)
-        else:
-            name = fq.name
-        if key is not None:
-            job = fq.uniques.get(key)
-            if job is not None:
-                if not background:
-                    if job.clients is None:
-                        job.clients = [conn]
-                    else:
-                        job.clients.append(conn)
-                    conn.related_jobs[job.handle] = job
-                self._send(conn, pack(RES, constants.JOB_CREATED,
-                                      job.handle))
-                return
-        if fq.limits is not None and q.isFull(fq, precedence):
-            self.sendError(conn, b'QUEUE_ERROR', b'Job queue is full')
-            return
-        n = q.max_handle = q.max_handle + 1
-        handle = self._handle_format % n
-        job = _new_job(ServerJob)
-        job.handle = handle
-        job.arguments = arguments
-        job.unique = unique
-        job.worker_connection = None
-        job._flags = precedence | (jobstates.BACKGROUND if background else 0)
-        job._fq = fq
-        if background:
-            job.clients = None
-        else:
-            job.clients = [conn]
-            conn.related_jobs[handle] = job
-        if when:
-            job.when = when
-        if reducer is not None:
-            job.reducer = reducer
-        if background and self._persist:
-            try:
-                self.store.add(job)
-            except Exception as e:
-                self.log.exception("Job store refused %s", handle)
-                self.sendError(conn, b'QUEUE_ERROR',
-                               str(e).encode('utf8', 'replace') or
-                               b'Job store error')
-                return
-            if self._store_flush is not None:
-                self._store_acked.append(conn)
-        q.jobs[handle] = job
-        if key is not None:
-            fq.uniques[key] = job
-        if when and when > time.time():
-            q._park(job, fq, when)
-            self._armEpochTimer(fq)
-            self._send(conn, pack(RES, constants.JOB_CREATED, handle))
-            return
-        else:
-            fq.fifos[precedence].append(job)
-            fq.queued[precedence] += 1
-            q.queued[precedence] += 1
-            job._state = _QUEUED
-        out = conn.send_queue
-        if not out:
-            if conn.closed:
-                return
-            self._dirty.append(conn)
-        hdr = _CREATED_HEADERS.get(len(handle))
-        if hdr is None:
-            hdr = _created_header(len(handle))
-        out += hdr
-        out += handle
-        if fq.sleepers:
-            self._wakeFunction(fq)
-        if self.stats is not None:
-            self._updateStats()
-
-    def handleSubmitJob(self, packet):
-        self._handleSubmitJob(packet, NORMAL)
-
-    def handleSubmitJobBg(self, packet):
-        self._handleSubmitJob(packet, NORMAL, True)
-
-    def handleSubmitJobHigh(self, packet):
-        self._handleSubmitJob(packet, HIGH)
-
-    def handleSubmitJobHighBg(self, packet):
-        self._handleSubmitJob(packet, HIGH, True)
-
-    def handleSubmitJobLow(self, packet):
-        self._handleSubmitJob(packet, LOW)
-
-    def handleSubmitJobLowBg(self, packet):
-        self._handleSubmitJob(packet, LOW, True)
-
-    def handleSubmitJobEpoch(self, packet):
-        fields = packet.data.split(b'\x00', 3)
-        if len(fields) != 4:
-            raise _CloseConnection('malformed SUBMIT_JOB_EPOCH')
-        name, unique, epoch, arguments = fields
-        when = _parse_decimal(epoch)
-        self._submit(packet.connection, name, unique, arguments, NORMAL,
-                     True, when=when)
-
-    def _handleSubmitReduce(self, packet, background):
-        fields = packet.data.split(b'\x00', 4)
-        if len(fields) != 5:
-            raise _CloseConnection('malformed SUBMIT_REDUCE_JOB')
-        name, unique, reducer, _aggregator, arguments = fields
-        if len(reducer) > MAX_UNIQUE:
-            self.sendError(packet.connection, b'ARGUMENT_TOO_LARGE',
-                           b'Reducer value too large')
-            return
-        self._submit(packet.connection, name, unique, arguments, NORMAL,
-                     background, reducer=reducer)
-
-    def handleSubmitReduceJob(self, packet):
-        self._handleSubmitReduce(packet, False)
-
-    def handleSubmitReduceJobBackground(self, packet):
-        self._handleSubmitReduce(packet, True)
-
-    def handleSubmitJobSched(self, packet):
-        self._invalidCommand(packet)
-
-    def handleAllYours(self, packet):
-        self._invalidCommand(packet)
-
-    def _invalidCommand(self, packet):
-        self.sendError(packet.connection, b'INVALID_COMMAND',
-                       b'Command not expected')
-
-    # -- packet handlers: workers ---------------------------------------------
-
-    def handleGrabJob(self, packet):
-        conn = packet.connection
-        job = self._grab(conn)
-        if job is None:
-            self._send(conn, _NO_JOB)
-        else:
-            self.sendJobAssign(conn, job)
-
-    def handleGrabJobUniq(self, packet):
-        conn = packet.connection
-        job = self._grab(conn)
-        if job is None:
-            self._send(conn, _NO_JOB)
-        else:
-            self.sendJobAssignUniq(conn, job)
-
-    def handleGrabJobAll(self, packet):
-        conn = packet.connection
-        job = self._grab(conn)
-        if job is None:
-            self._send(conn, _NO_JOB)
-        elif job.reducer is not None:
-            self.sendJobAssignAll(conn, job)
-        else:
-            self.sendJobAssignUniq(conn, job)
-
-    def handlePreSleep(self, packet):
-        conn = packet.connection
-        conn.state = 'SLEEP'
-        if not self._draining and self.getJobForConnection(conn, peek=True):
-            self._wakeOne(conn)
-            return
-        for fq in conn._fqs:
-            fq.sleepers[conn] = None
-
-    def _registerFunction(self, conn, name, timeout):
-        if self.acl is not None and not self.acl.canRegister(
-                conn.ssl_subject, _decode(name)):
-            # CAN_DO has no reply: the log is the worker's only hint.
-            self.log.warning("ACL denied %s registering %r",
-                             conn.ssl_subject, name)
-            return
-        fq = self.queue.function(name)
-        if fq.name not in conn.functions:
-            conn.functions.add(fq.name)
-            conn._fqs.append(fq)
-            fq.workers += 1
-        if timeout:
-            if conn._timeouts is None:
-                conn._timeouts = {}
-            conn._timeouts[fq.name] = timeout
-        elif conn._timeouts:
-            conn._timeouts.pop(fq.name, None)
-        if conn.state == 'SLEEP':
-            if fq.runnable:
-                self._wakeOne(conn)
-            else:
-                fq.sleepers[conn] = None
-
-    def handleCanDo(self, packet):
-        self._registerFunction(packet.connection, packet.data, None)
-
-    def handleCanDoTimeout(self, packet):
-        name, sep, value = packet.data.partition(b'\x00')
-        if not sep:
-            raise _CloseConnection('malformed CAN_DO_TIMEOUT')
-        timeout = max(_parse_decimal(value), MIN_CAN_DO_TIMEOUT)
-        self._registerFunction(packet.connection, name, timeout)
-
-    def _unregisterFunction(self, conn, name):
-        fq = self.queue.functions.get(name)
-        if name not in conn.functions:
-            return
-        conn.functions.discard(name)
-        if fq is not None:
-            if fq in conn._fqs:
-                conn._fqs.remove(fq)
-            fq.workers -= 1
-            fq.sleepers.pop(conn, None)
-        if conn._timeouts:
-            conn._timeouts.pop(name, None)
-        for job in list(conn.related_jobs.values()):
-            if job.worker_connection is conn and job._state == RUNNING \
-                    and job.name == name:
-                self._requeueJob(job, 'worker sent CANT_DO')
-
-    def handleCantDo(self, packet):
-        self._unregisterFunction(packet.connection, packet.data)
-
-    def handleResetAbilities(self, packet):
-        conn = packet.connection
-        for name in list(conn.functions):
-            self._unregisterFunction(conn, name)
-
-    def handleSetClientID(self, packet):
-        packet.connection.client_id = bytes(packet.data[:MAX_CLIENT_ID])
-
-    # -- packet handlers: work results ----------------------------------------
-
-    def handlePassthrough(self, packet, finished=False):
-        """Forward a WORK_* packet to every attached client (RES magic).
-
-        Only the worker the job is assigned to may send it; anything else
-        gets ERROR JOB_NOT_FOUND.  WORK_EXCEPTION becomes WORK_FAIL for
-        clients without the ``exceptions`` option.  Returns the job, or
-        None if the packet was refused.
-        """
-        return self._passthrough(packet.ptype, finished, packet.connection,
-                                 packet.data)
-
-    def _passthrough(self, ptype, finished, conn, data):
-        end = data.find(b'\x00')
-        handle = data if end < 0 else data[:end]
-        job = self.queue.jobs.get(handle)
-        if job is None or job.worker_connection is not conn or \
-                job._state != RUNNING:
-            if len(handle) > MAX_HANDLE:
-                self.sendError(conn, b'ARGUMENT_TOO_LARGE',
-                               b'Job handle longer than 64 bytes')
-            else:
-                self.sendError(conn, b'JOB_NOT_FOUND',
-                               _NOT_FOUND_TEXT.get(
-                                   ptype, b'Job given in work result '
-                                   b'not found'))
-            return None
-        if ptype == constants.WORK_STATUS:
-            fields = data.split(b'\x00', 2)
-            job.numerator = fields[1] if len(fields) > 1 else b'0'
-            job.denominator = fields[2] if len(fields) > 2 else b'0'
-        clients = job.clients
-        if clients:
-            if ptype == constants.WORK_EXCEPTION:
-                exc = fail = None
-                for c in clients:
-                    if c.exceptions:
-                        if exc is None:
-                            exc = pack(RES, ptype, data)
-                        self._send(c, exc)
-                    else:
-                        if fail is None:
-                            fail = pack(RES, constants.WORK_FAIL, handle)
-                        self._send(c, fail)
-            else:
-                out = pack(RES, ptype, data)
-                for c in clients:
-                    self._send(c, out)
-        if finished:
-            self._finishJob(job)
-        return job
-
-    def handleWorkComplete(self, packet):
-        self.handlePassthrough(packet, True)
-
-    def handleWorkFail(self, packet):
-        self.handlePassthrough(packet, True)
-
-    def handleWorkException(self, packet):
-        self.handlePassthrough(packet, True)
-
-    def handleWorkData(self, packet):
-        self.handlePassthrough(packet)
-
-    def handleWorkWarning(self, packet):
-        self.handlePassthrough(packet)
-
-    def handleWorkStatus(self, packet):
-        self.handlePassthrough(packet)
-
-    # -- packet handlers: status and options ----------------------------------
-
-    def handleGetStatus(self, packet):
-        conn = packet.connection
-        handle = packet.data
-        if len(handle) > MAX_HANDLE:
-            self.sendError(conn, b'ARGUMENT_TOO_LARGE',
-                           b'Job handle longer than 64 bytes')
-            return
-        job = self.queue.jobs.get(handle)
-        if job is None:
-            payload = handle + b'\x000\x000\x000\x000'
-        else:
-            payload = b'%s\x001\x00%d\x00%d\x00%d' % (
-                handle, job._state == RUNNING,
-                _atoi(job.numerator or b''), _atoi(job.denominator or b''))
-        self._send(conn, pack(RES, constants.STATUS_RES, payload))
-
-    def handleGetStatusUnique(self, packet):
-        conn = packet.connection
-        unique = packet.data
-        if len(unique) > MAX_UNIQUE:
-            self.sendError(conn, b'ARGUMENT_TOO_LARGE',
-                           b'Unique value too large')
-            return
-        job = None
-        if unique and unique != b'-':
-            for fq in self.queue.functions.values():
-                job = fq.uniques.get(unique)
-                if job is not None:
-                    break
-        if job is None:
-            payload = unique + b'\x000\x000\x000\x000\x000'
-        else:
-            payload = b'%s\x001\x00%d\x00%d\x00%d\x00%d' % (
-                unique, job._state == RUNNING,
-                _atoi(job.numerator or b''), _atoi(job.denominator or b''),
-                len(job.clients or ()))
-        self._send(conn, pack(RES, constants.STATUS_RES_UNIQUE, payload))
-
-    def handleEchoReq(self, packet):
-        self._send(packet.connection,
-                   pack(RES, constants.ECHO_RES, packet.data))
-
-    def handleOptionReq(self, packet):
-        conn = packet.connection
-        name = packet.data
-        if len(name) < 64 and name.lower() == b'exceptions':
-            conn.exceptions = True
-            conn.options.add(b'exceptions')
-            self._send(conn, pack(RES, constants.OPTION_RES, name))
-        else:
-            self.sendError(conn, b'UNKNOWN_OPTION',
-                           b'Server does not recognize given option')
-
-    # -- admin ----------------------------------------------------------------
-
-    def _cancelJob(self, job):
-        """Cancel: clients get WORK_FAIL; queued jobs go, running ones are
-        left to finish with their result discarded."""
-        clients = job.clients
-        if clients:
-            fail = pack(RES, constants.WORK_FAIL, job.handle)
-            for c in clients:
-                self._send(c, fail)
-                c.related_jobs.pop(job.handle, None)
-            job.clients = []
-        if job._state == RUNNING:
-            if job.background and self._persist:
-                try:
-                    self.store.remove(job)
-                except Exception:
-                    self.log.exception("Cannot remove %s from the job store",
-                                       job.handle)
-                if self._store_flush is not None and not self._store_acked:
-                    self._store_acked.append(None)
-            job.ignore = True
-            self.queue.releaseUnique(job)
-        else:
-            self._finishJob(job)
-            job.ignore = True
 
     # -- shutdown -------------------------------------------------------------
 
@@ -2102,12 +1055,6 @@ class Server(admin_mod.AdminHandlers, BaseClientServer):
     @property
     def waiting_jobs(self):
         return len(self.queue.jobs) - self.queue.running
-
-    def _removeJob(self, job, dequeue=True):
-        """Forget a job (gear's private seam); ``dequeue`` is accepted for
-        compatibility, the queue always knows where the job is."""
-        with self.lock:
-            self._finishJob(job)
 
     def __repr__(self):
         return '<gear.Server 0x%x port: %s>' % (id(self), self.port)
