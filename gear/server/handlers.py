@@ -103,6 +103,36 @@ class PacketHandlers(object):
         self._submit(packet.connection, name, unique, arguments,
                      precedence, background)
 
+    def _storeJob(self, conn, job):
+        """Persist a background job before its JOB_CREATED goes out.
+
+        On failure the submitter gets QUEUE_ERROR and False is returned.
+        """
+        try:
+            self.store.add(job)
+        except Exception as e:
+            self.log.exception("Job store refused %s", job.handle)
+            self.sendError(conn, b'QUEUE_ERROR',
+                           str(e).encode('utf8', 'replace') or
+                           b'Job store error')
+            return False
+        if self._store_flush is not None:
+            self._store_acked.append(conn)
+        return True
+
+    def _adoptInBackground(self, conn, job):
+        """A background submission coalesced into a foreground job.
+
+        The submitter was promised the job will run, so from now on it is
+        a background job: it outlives its foreground clients and, with a
+        store, survives a restart.  Their WORK_* updates are unchanged.
+        """
+        job.background = True
+        if self._persist and not self._storeJob(conn, job):
+            job.background = False
+            return False
+        return True
+
     def _submit(self, conn, name, unique, arguments, precedence, background,
                 when=0, reducer=None):
         """Create (or coalesce) one job and answer JOB_CREATED.
@@ -135,7 +165,11 @@ class PacketHandlers(object):
         if key is not None:
             job = fq.uniques.get(key)
             if job is not None:
-                if not background:
+                if background:
+                    if not job.background and \
+                            not self._adoptInBackground(conn, job):
+                        return
+                else:
                     if job.clients is None:
                         job.clients = [conn]
                     else:
@@ -165,17 +199,8 @@ class PacketHandlers(object):
             job.when = when
         if reducer is not None:
             job.reducer = reducer
-        if background and self._persist:
-            try:
-                self.store.add(job)
-            except Exception as e:
-                self.log.exception("Job store refused %s", handle)
-                self.sendError(conn, b'QUEUE_ERROR',
-                               str(e).encode('utf8', 'replace') or
-                               b'Job store error')
-                return
-            if self._store_flush is not None:
-                self._store_acked.append(conn)
+        if background and self._persist and not self._storeJob(conn, job):
+            return
         q.jobs[handle] = job
         if key is not None:
             fq.uniques[key] = job

@@ -171,6 +171,53 @@ class TestStoreHooks(ServerTestCase):
         # Foreground jobs are not persisted, so they still work.
         client.submit(b'fn', b'x')
 
+    def test_background_coalesced_into_foreground_is_stored(self):
+        store = RecordingStore()
+        server = self.makeServer(store=store)
+        fg = self.connect(server)
+        bg = self.connect(server)
+        h = fg.submit(b'fn', b'd', b'u')
+        self.assertEqual({}, store.rows)
+        self.assertEqual(h, bg.submit(b'fn', b'other', b'u',
+                                      c.SUBMIT_JOB_BG))
+        self.assertEqual({h}, set(store.rows))
+        # The background submitter was promised the job: it outlives the
+        # foreground client, which still gets the result while attached.
+        fg.close()
+        worker = self.connect(server)
+        worker.canDo(b'fn')
+        self.assertEqual([h, b'fn', b'u', b'd'],
+                         wait_for(lambda: worker.grab()))
+        worker.send(c.WORK_COMPLETE, h, b'r')
+        worker.sync()
+        self.assertEqual({}, store.rows)
+
+    def test_foreground_client_still_gets_result_after_adoption(self):
+        store = RecordingStore()
+        server = self.makeServer(store=store)
+        fg = self.connect(server)
+        h = fg.submit(b'fn', b'd', b'u')
+        self.connect(server).submit(b'fn', b'd', b'u', c.SUBMIT_JOB_BG)
+        worker = self.connect(server)
+        worker.canDo(b'fn')
+        self.assertEqual(h, worker.grab()[0])
+        worker.send(c.WORK_COMPLETE, h, b'r')
+        fg.expect(c.WORK_COMPLETE, h + b'\x00r')
+
+    def test_adoption_refused_by_store_leaves_foreground_job(self):
+        store = RecordingStore()
+        server = self.makeServer(store=store)
+        fg = self.connect(server)
+        bg = self.connect(server)
+        h = fg.submit(b'fn', b'd', b'u')
+        store.fail = True
+        bg.send(c.SUBMIT_JOB_BG, b'fn', b'u', b'd')
+        bg.expect(c.ERROR, b'QUEUE_ERROR\x00disk full')
+        self.assertFalse(server.jobs[h].background)
+        fg.close()
+        wait_for(lambda: h not in server.jobs,
+                 message='the abandoned foreground job dropped')
+
     def test_replay_on_start(self):
         store = RecordingStore(rows=[
             StoredJob(b'H:old:7', b'fn', b'u1', b'first', c.PRECEDENCE_NORMAL,
@@ -261,6 +308,21 @@ class TestSqlitePersistence(ServerTestCase):
         self.assertNotIn(fresh, (h1, h2, h3, h_fg))
         number = int(fresh.rsplit(b':', 1)[1])
         self.assertGreater(number, int(h3.rsplit(b':', 1)[1]))
+
+
+    def test_adopted_job_survives_restart(self):
+        import os
+        import fixtures
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                            'jobs.db')
+        first = self.makeServer(store=path)
+        h = self.connect(first).submit(b'fn', b'payload', b'u')
+        self.connect(first).submit(b'fn', b'payload', b'u', c.SUBMIT_JOB_BG)
+        first.shutdown()
+        second = self.makeServer(store=path)
+        worker = self.connect(second)
+        worker.canDo(b'fn')
+        self.assertEqual([h, b'fn', b'u', b'payload'], worker.grab())
 
 
 class RecordingStats(object):
