@@ -13,6 +13,8 @@ import time
 import fixtures
 import testtools
 
+from tests.util import free_port, wait_for  # noqa: F401 (re-exported)
+
 GEARMAND = os.environ.get('GEARMAND', '/usr/sbin/gearmand')
 START_TIMEOUT = 15.0
 
@@ -28,29 +30,6 @@ def skip_without_gearmand(test):
     if gearmand_path() is None:
         test.skipTest("gearmand is not installed (looked for %s and on"
                       " PATH); set GEARMAND to its path" % GEARMAND)
-
-
-def free_port():
-    """A port nobody listens on right now (bind to 0, read, release)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-    finally:
-        sock.close()
-
-
-def wait_for(predicate, timeout=10.0, interval=0.01, message=None):
-    """Poll ``predicate`` until it is true or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(message or "Timed out waiting for %r" %
-                                 (predicate,))
-        time.sleep(interval)
 
 
 class GearmandFixture(fixtures.Fixture):

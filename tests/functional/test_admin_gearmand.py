@@ -20,20 +20,12 @@ from gear import admin
 from gear import constants
 from gear.errors import AdminError
 from gear.protocol import join_arguments, pack
+from tests.util import free_port
 
 GEARMAND = shutil.which('gearmand', path='/usr/sbin:' +
                         os.environ.get('PATH', ''))
 SOCKET_TIMEOUT = 10
 START_TIMEOUT = 15
-
-
-def free_port():
-    s = socket.socket()
-    try:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
 
 
 class LocalGearmand(fixtures.Fixture):

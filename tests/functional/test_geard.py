@@ -19,6 +19,7 @@ import testtools
 
 import gear
 from gear import tlsutil
+from tests.util import free_port, serve_jobs, waiter
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -31,25 +32,7 @@ def skip_without_server(test):
         test.skipTest('gear.Server is not available yet')
 
 
-def free_port():
-    sock = socket.socket()
-    try:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-    finally:
-        sock.close()
-
-
-def wait_for(predicate, timeout=WAIT, message='condition'):
-    """Poll ``predicate`` until it returns a true value or time runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError('timed out waiting for %s' % message)
-        time.sleep(0.02)
+wait_for = waiter(WAIT, 0.02)
 
 
 def accepts(port):
@@ -200,17 +183,7 @@ class GeardTestCase(testtools.TestCase):
 
     def serve(self, worker, handler):
         """Run ``handler(job)`` for each job in a thread until cleanup."""
-        def loop():
-            while True:
-                try:
-                    job = worker.getJob()
-                except gear.InterruptedError:
-                    return
-                handler(job)
-        thread = threading.Thread(target=loop, daemon=True)
-        thread.start()
-        self.addCleanup(thread.join, WAIT)
-        self.addCleanup(worker.stopWaitingForJobs)
+        serve_jobs(self, worker, handler, WAIT)
 
 
 class TestGeardServes(GeardTestCase):

@@ -18,7 +18,6 @@ import socket
 import struct
 import subprocess
 import threading
-import time
 
 import fixtures
 import testtools
@@ -29,22 +28,14 @@ from gear import constants as wire
 from gear import tlsutil
 from gear.gearman import JOB_UNKNOWN
 from tests.gearmand import GearmandFixture, free_port
+from tests.util import waiter
 
 WAIT = 15.0
 GEARMAN_CLI = shutil.which('gearman', path='/usr/bin:' +
                            os.environ.get('PATH', ''))
 
 
-def wait_for(predicate, timeout=WAIT, message='condition'):
-    """Poll ``predicate`` until it is true or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError('timed out waiting for %s' % message)
-        time.sleep(0.01)
+wait_for = waiter(WAIT, 0.01)
 
 
 # The helper every example of python-gearman's client documentation uses.

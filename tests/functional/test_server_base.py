@@ -14,20 +14,12 @@ import testtools
 import gear
 from gear import constants as c
 from gear.protocol import pack
+from tests.util import waiter
 
 WAIT = 10.0
 
 
-def wait_for(predicate, timeout=WAIT, message='condition'):
-    """Poll ``predicate`` until it is true or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError('timed out waiting for %s' % message)
-        time.sleep(0.005)
+wait_for = waiter(WAIT, 0.005)
 
 
 class RawClient(object):

@@ -8,6 +8,7 @@ import gear
 from gear import tlsutil
 
 from tests.functional.test_server_base import ServerTestCase, wait_for
+from tests.util import serve_jobs
 
 WAIT = 15.0
 
@@ -37,17 +38,7 @@ class LibraryTestCase(ServerTestCase):
         return worker
 
     def runWorker(self, worker, handler):
-        def loop():
-            while True:
-                try:
-                    job = worker.getJob()
-                except gear.InterruptedError:
-                    return
-                handler(job)
-        thread = threading.Thread(target=loop, daemon=True)
-        thread.start()
-        self.addCleanup(thread.join, WAIT)
-        self.addCleanup(worker.stopWaitingForJobs)
+        serve_jobs(self, worker, handler, WAIT)
 
     def waitJob(self, job):
         wait_for(lambda: job.complete, WAIT, 'job %r to complete' % job)

@@ -19,6 +19,7 @@ from gear import constants as c
 from gear import tlsutil
 from gear.protocol import pack
 from gear.testing import GearServerFixture
+from tests.util import waiter
 
 HOST = '127.0.0.1'
 WAIT = 15.0
@@ -29,15 +30,7 @@ IDLE_PEER_BOUND = 5.0
 IDLE_PEERS = 50
 
 
-def wait_for(predicate, timeout=WAIT, message='condition'):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError('timed out waiting for %s' % message)
-        time.sleep(0.01)
+wait_for = waiter(WAIT, 0.01)
 
 
 class Refused(Exception):

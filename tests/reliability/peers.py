@@ -12,6 +12,7 @@ import time
 
 from gear import constants as C
 from gear.protocol import InputBuffer, join_arguments, pack
+from tests import util
 
 HOST = '127.0.0.1'
 RECV_SIZE = 256 * 1024
@@ -46,15 +47,9 @@ class PeerClosed(Exception):
 def wait_for(predicate, timeout=DEFAULT_TIMEOUT, message=None,
              interval=0.01):
     """Poll ``predicate`` until it returns something true (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(message or 'timed out after %ss waiting '
-                                 'for %r' % (timeout, predicate))
-        time.sleep(interval)
+    return util.wait_for(predicate, timeout, interval,
+                         message or 'timed out after %ss waiting for %r'
+                         % (timeout, predicate))
 
 
 class RawPeer(object):
