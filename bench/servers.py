@@ -31,7 +31,7 @@ _CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
 # A logging setup that keeps the Python servers quiet: their -d mode
 # would otherwise log every packet at DEBUG, and we would be measuring
 # the logging instead of the server.
-_QUIET_LOGGING = """\
+QUIET_LOGGING = """\
 [loggers]
 keys=root
 
@@ -237,7 +237,7 @@ def _python_server(name, python):
     tmpdir = tempfile.mkdtemp(prefix='bench-%s-' % name)
     log_config = os.path.join(tmpdir, 'logging.conf')
     with open(log_config, 'w') as f:
-        f.write(_QUIET_LOGGING)
+        f.write(QUIET_LOGGING)
     pidfile = os.path.join(tmpdir, 'geard.pid')
     # Run main() explicitly: ``-m gear.cmd.geard`` needs a __main__ guard
     # that older releases may lack.

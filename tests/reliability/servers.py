@@ -12,8 +12,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
+from bench.servers import QUIET_LOGGING, ServerUnavailable, wait_ready
 from tests.gearmand import free_port, gearmand_path
 from tests.reliability import peers
 
@@ -21,24 +21,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
-
-_QUIET_LOGGING = """\
-[loggers]
-keys=root
-[handlers]
-keys=stderr
-[formatters]
-keys=plain
-[logger_root]
-level=WARNING
-handlers=stderr
-[handler_stderr]
-class=StreamHandler
-args=(sys.stderr,)
-formatter=plain
-[formatter_plain]
-format=%(asctime)s %(levelname)s %(name)s: %(message)s
-"""
 
 
 def child_env():
@@ -92,22 +74,13 @@ class ServerProcess(object):
                 self.command(self.port), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=log, env=child_env(),
                 cwd=REPO)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError('%s exited with %s at start: %s' % (
-                    self.name, self.proc.returncode, self.log()))
-            try:
-                peers.status(self.port, timeout=max(
-                    0.1, deadline - time.monotonic()))
-                return self
-            except (OSError, peers.PeerClosed):
-                pass
-            if time.monotonic() >= deadline:
-                self.kill()
-                raise RuntimeError('%s did not start: %s' % (
-                    self.name, self.log()))
-            time.sleep(0.02)
+        try:
+            wait_ready(peers.HOST, self.port, timeout, self.proc)
+        except ServerUnavailable as e:
+            self.kill()
+            raise RuntimeError('%s did not start (%s): %s' % (
+                self.name, e, self.log()))
+        return self
 
     def log(self):
         try:
@@ -160,7 +133,7 @@ class Geard(ServerProcess):
         self.extra = list(extra)
         self.log_config = os.path.join(self.workdir, 'logging.conf')
         with open(self.log_config, 'w') as f:
-            f.write(_QUIET_LOGGING)
+            f.write(QUIET_LOGGING)
 
     def command(self, port):
         argv = [sys.executable, '-m', 'gear.cmd.geard', '-d',
