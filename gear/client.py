@@ -346,52 +346,44 @@ class Client(BaseClient):
             conn.related_jobs.pop(handle, None)
         return job
 
-    def handleWorkComplete(self, packet):
-        job = self._jobForUpdate(packet, True)
+    def _updateJob(self, packet, final, argument=None, **state):
+        """Apply one WORK_* packet to the job it names.
+
+        ``argument`` says where the packet's payload goes: ``'data'``
+        appends it to ``job.data`` (unless empty), ``'exception'`` stores
+        it as ``job.exception``.  Then each ``state`` attribute is set, in
+        the order given.  Returns the job, or None when this client does
+        not follow it.
+        """
+        job = self._jobForUpdate(packet, final)
         if job is None:
             return None
-        data = packet.getArgument(1, True)
-        if data:
-            job.data.append(data)
-        job.complete = True
-        job.failure = False
+        if argument == 'data':
+            data = packet.getArgument(1, True)
+            if data:
+                job.data.append(data)
+        elif argument == 'exception':
+            job.exception = packet.getArgument(1, True)
+        for name, value in state.items():
+            setattr(job, name, value)
         return job
+
+    def handleWorkComplete(self, packet):
+        return self._updateJob(packet, True, 'data',
+                               complete=True, failure=False)
 
     def handleWorkFail(self, packet):
-        job = self._jobForUpdate(packet, True)
-        if job is None:
-            return None
-        job.complete = True
-        job.failure = True
-        return job
+        return self._updateJob(packet, True, complete=True, failure=True)
 
     def handleWorkException(self, packet):
-        job = self._jobForUpdate(packet, True)
-        if job is None:
-            return None
-        job.exception = packet.getArgument(1, True)
-        job.complete = True
-        job.failure = True
-        return job
+        return self._updateJob(packet, True, 'exception',
+                               complete=True, failure=True)
 
     def handleWorkData(self, packet):
-        job = self._jobForUpdate(packet, False)
-        if job is None:
-            return None
-        data = packet.getArgument(1, True)
-        if data:
-            job.data.append(data)
-        return job
+        return self._updateJob(packet, False, 'data')
 
     def handleWorkWarning(self, packet):
-        job = self._jobForUpdate(packet, False)
-        if job is None:
-            return None
-        data = packet.getArgument(1, True)
-        if data:
-            job.data.append(data)
-        job.warning = True
-        return job
+        return self._updateJob(packet, False, 'data', warning=True)
 
     def handleWorkStatus(self, packet):
         job = self._jobForUpdate(packet, False)
