@@ -31,7 +31,7 @@ import threading
 import time
 
 from gear import constants
-from gear.base import BaseClientServer
+from gear.base import PACKET_HANDLERS, BaseClientServer
 from gear.errors import ConfigurationError, ProtocolError
 from gear.protocol import DEFAULT_MAX_PACKET_SIZE, Packet
 from gear.server import admin as admin_mod
@@ -284,39 +284,10 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
 
     def _buildHandlers(self):
         """Packet type -> bound handler, so subclass overrides apply."""
-        names = {
-            constants.CAN_DO: 'handleCanDo',
-            constants.CANT_DO: 'handleCantDo',
-            constants.RESET_ABILITIES: 'handleResetAbilities',
-            constants.PRE_SLEEP: 'handlePreSleep',
-            constants.SUBMIT_JOB: 'handleSubmitJob',
-            constants.GRAB_JOB: 'handleGrabJob',
-            constants.WORK_STATUS: 'handleWorkStatus',
-            constants.WORK_COMPLETE: 'handleWorkComplete',
-            constants.WORK_FAIL: 'handleWorkFail',
-            constants.GET_STATUS: 'handleGetStatus',
-            constants.ECHO_REQ: 'handleEchoReq',
-            constants.SUBMIT_JOB_BG: 'handleSubmitJobBg',
-            constants.SUBMIT_JOB_HIGH: 'handleSubmitJobHigh',
-            constants.SET_CLIENT_ID: 'handleSetClientID',
-            constants.CAN_DO_TIMEOUT: 'handleCanDoTimeout',
-            constants.ALL_YOURS: 'handleAllYours',
-            constants.WORK_EXCEPTION: 'handleWorkException',
-            constants.OPTION_REQ: 'handleOptionReq',
-            constants.WORK_DATA: 'handleWorkData',
-            constants.WORK_WARNING: 'handleWorkWarning',
-            constants.GRAB_JOB_UNIQ: 'handleGrabJobUniq',
-            constants.SUBMIT_JOB_HIGH_BG: 'handleSubmitJobHighBg',
-            constants.SUBMIT_JOB_LOW: 'handleSubmitJobLow',
-            constants.SUBMIT_JOB_LOW_BG: 'handleSubmitJobLowBg',
-            constants.SUBMIT_JOB_SCHED: 'handleSubmitJobSched',
-            constants.SUBMIT_JOB_EPOCH: 'handleSubmitJobEpoch',
-            constants.SUBMIT_REDUCE_JOB: 'handleSubmitReduceJob',
-            constants.SUBMIT_REDUCE_JOB_BACKGROUND:
-                'handleSubmitReduceJobBackground',
-            constants.GRAB_JOB_ALL: 'handleGrabJobAll',
-            constants.GET_STATUS_UNIQUE: 'handleGetStatusUnique',
-        }
+        # Every hook name the library knows, less the replies only a
+        # server sends (receiving one of those is an invalid command).
+        names = {ptype: name for ptype, name in PACKET_HANDLERS.items()
+                 if ptype not in constants.RESPONSE_TYPES}
         table = [self._invalidCommand] * (constants.MAX_TYPE + 1)
         for ptype, name in names.items():
             table[ptype] = getattr(self, name)
