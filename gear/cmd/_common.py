@@ -118,6 +118,12 @@ def add_server_arguments(parser, suppress=False):
     return group
 
 
+def add_connect_timeout_argument(parser):
+    parser.add_argument('--connect-timeout', type=positive_number,
+                        default=DEFAULT_CONNECT_TIMEOUT, metavar='SECONDS',
+                        help='limit for connecting (default %(default)g)')
+
+
 def add_verbose_argument(parser):
     parser.add_argument('-v', '--verbose', action='count', default=0,
                         help='log more (repeat for debug output)')

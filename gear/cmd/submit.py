@@ -286,10 +286,7 @@ def build_parser():
                         metavar='SECONDS',
                         help='give up on a job not finished this long '
                              'after it was submitted (default: wait)')
-    parser.add_argument('--connect-timeout', type=common.positive_number,
-                        default=common.DEFAULT_CONNECT_TIMEOUT,
-                        metavar='SECONDS',
-                        help='limit for connecting (default %(default)g)')
+    common.add_connect_timeout_argument(parser)
     parser.add_argument('--window', type=common.positive_int,
                         default=DEFAULT_WINDOW, metavar='N',
                         help='jobs in flight at once (default '

@@ -204,10 +204,7 @@ def build_parser():
     parser.add_argument('--stream', action='store_true',
                         help='send output as WORK_DATA chunks while the '
                              'command runs')
-    parser.add_argument('--connect-timeout', type=common.positive_number,
-                        default=common.DEFAULT_CONNECT_TIMEOUT,
-                        metavar='SECONDS',
-                        help='limit for connecting (default %(default)g)')
+    common.add_connect_timeout_argument(parser)
     common.add_server_arguments(parser)
     common.add_verbose_argument(parser)
     return parser
