@@ -5,13 +5,17 @@ and a thread that serves a worker's jobs.
 Kept in one place so a fix to either reaches every test at once.
 """
 
+import os
+import pickle
 import socket
 import threading
 import time
 
 import gear
+import gear.gearman as gearman
 
 HOST = '127.0.0.1'
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def free_port(host=HOST):
@@ -68,3 +72,26 @@ def serve_jobs(test, worker, handler, timeout):
     thread.start()
     test.addCleanup(thread.join, timeout)
     test.addCleanup(worker.stopWaitingForJobs)
+
+
+def child_env():
+    """The environment for a child Python process: this checkout first on
+    its path, and no statsd settings inherited from the caller.
+    """
+    env = dict(os.environ)
+    env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
+    for name in ('STATSD_HOST', 'STATSD_PORT', 'STATSD_PREFIX'):
+        env.pop(name, None)
+    return env
+
+
+class PickleDataEncoder(gearman.DataEncoder):
+    """The pickling encoder python-gearman's documentation shows."""
+
+    @classmethod
+    def encode(cls, encodable_object):
+        return pickle.dumps(encodable_object)
+
+    @classmethod
+    def decode(cls, decodable_string):
+        return pickle.loads(decodable_string)

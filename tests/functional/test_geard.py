@@ -19,7 +19,7 @@ import testtools
 
 import gear
 from gear import tlsutil
-from tests.util import free_port, serve_jobs, waiter
+from tests.util import child_env, free_port, serve_jobs, waiter
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -62,14 +62,6 @@ def admin(port, command, timeout=WAIT):
             data += chunk
     finally:
         sock.close()
-
-
-def child_env():
-    env = dict(os.environ)
-    env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
-    for name in ('STATSD_HOST', 'STATSD_PORT', 'STATSD_PREFIX'):
-        env.pop(name, None)
-    return env
 
 
 class Geard(fixtures.Fixture):

@@ -11,7 +11,6 @@ import contextlib
 import gc
 import io
 import os
-import pickle
 import selectors
 import shutil
 import socket
@@ -28,7 +27,7 @@ from gear import constants as wire
 from gear import tlsutil
 from gear.gearman import JOB_UNKNOWN
 from tests.gearmand import GearmandFixture, free_port
-from tests.util import waiter
+from tests.util import PickleDataEncoder, waiter
 
 WAIT = 15.0
 GEARMAN_CLI = shutil.which('gearman', path='/usr/bin:' +
@@ -47,16 +46,6 @@ def check_request_status(job_request):
         print("Job %s timed out!" % job_request.unique)
     elif job_request.state == JOB_UNKNOWN:
         print("Job %s connection failed!" % job_request.unique)
-
-
-class PickleDataEncoder(gearman.DataEncoder):
-    @classmethod
-    def encode(cls, encodable_object):
-        return pickle.dumps(encodable_object)
-
-    @classmethod
-    def decode(cls, decodable_string):
-        return pickle.loads(decodable_string)
 
 
 # Servers

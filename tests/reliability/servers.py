@@ -15,20 +15,13 @@ import tempfile
 
 from bench.servers import QUIET_LOGGING, ServerUnavailable, wait_ready
 from tests.gearmand import free_port, gearmand_path
+from tests.util import child_env
 from tests.reliability import peers
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
-
-
-def child_env():
-    env = dict(os.environ)
-    env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
-    for name in ('STATSD_HOST', 'STATSD_PORT', 'STATSD_PREFIX'):
-        env.pop(name, None)
-    return env
 
 
 def rss_bytes(pid):

@@ -7,18 +7,9 @@ import threading
 import testtools
 
 import gear.gearman as gearman
+from tests.util import PickleDataEncoder
 from gear.gearman.tracking import (
     Deadline, RequestTracker, name_text, status_number)
-
-
-class PickleDataEncoder(gearman.DataEncoder):
-    @classmethod
-    def encode(cls, encodable_object):
-        return pickle.dumps(encodable_object)
-
-    @classmethod
-    def decode(cls, decodable_string):
-        return pickle.loads(decodable_string)
 
 
 def request(background=False):

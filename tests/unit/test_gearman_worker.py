@@ -8,6 +8,7 @@ import testtools
 import gear
 import gear.gearman as gearman
 from gear import constants
+from tests.util import PickleDataEncoder
 
 
 class RecordingConnection(object):
@@ -27,16 +28,6 @@ def assigned(name=b'task', data=b'data', unique=b'u1', handle=b'H:t:1',
     job = gear.WorkerJob(handle, name, data, unique)
     job.connection = connection or RecordingConnection()
     return job
-
-
-class PickleDataEncoder(gearman.DataEncoder):
-    @classmethod
-    def encode(cls, encodable_object):
-        return pickle.dumps(encodable_object)
-
-    @classmethod
-    def decode(cls, decodable_string):
-        return pickle.loads(decodable_string)
 
 
 class TestRegistration(testtools.TestCase):
