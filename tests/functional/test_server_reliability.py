@@ -309,7 +309,6 @@ class TestSqlitePersistence(ServerTestCase):
         number = int(fresh.rsplit(b':', 1)[1])
         self.assertGreater(number, int(h3.rsplit(b':', 1)[1]))
 
-
     def test_adopted_job_survives_restart(self):
         import os
         import fixtures
