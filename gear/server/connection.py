@@ -104,6 +104,7 @@ class ServerConnection(NonBlockingConnection):
         self._fqs = []
         self._timeouts = None
         self._events = 0
+        self._paused = False  # reading stopped until replies are read
         self._handshaking = _tls_pending
         self._handshake_timer = None
         # Called with this connection when output is queued outside the

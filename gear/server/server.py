@@ -102,7 +102,11 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
     :arg int max_packet_size: larger packet headers get ERROR and a close.
     :arg int max_connections: connections beyond this are closed at once.
     :arg int max_output_buffer: a peer whose unread output exceeds this is
-        disconnected.
+        disconnected.  Long before that, once a peer leaves more than
+        ``output_high_water`` bytes unread, the server stops reading its
+        requests until it has read most of its replies (backpressure);
+        the cap is for output the peer does not cause itself, such as
+        results forwarded to a client that never reads.
     :arg float tls_handshake_timeout: seconds a TLS peer gets to finish
         its handshake.
     :arg bool allow_admin_shutdown: let the ``shutdown`` admin command
@@ -150,6 +154,11 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self.max_connections = int(max_connections)
         self.max_output_buffer = max(int(max_output_buffer),
                                      self.max_packet_size + 1024)
+        # Reading from a peer pauses above the high-water mark and
+        # resumes below the low one.
+        self.output_high_water = min(1024 * 1024,
+                                     self.max_output_buffer // 2)
+        self.output_low_water = self.output_high_water // 4
         self.tls_handshake_timeout = float(tls_handshake_timeout)
         self.allow_admin_shutdown = allow_admin_shutdown
         if job_handle_prefix is None:
@@ -607,11 +616,17 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
             return
         try:
             self._processData(conn, data)
-            if len(conn.send_queue) > self.max_output_buffer and \
-                    not conn.closed:
-                self.log.warning("%s is not reading its replies; "
-                                 "disconnecting it", conn)
-                self._deferClose(conn)
+            pending = len(conn.send_queue)
+            if pending > self.output_high_water and not conn.closed:
+                if pending > self.max_output_buffer:
+                    self.log.warning("%s is not reading its replies; "
+                                     "disconnecting it", conn)
+                    self._deferClose(conn)
+                else:
+                    # Backpressure: read no more requests until it has
+                    # read most of its replies.
+                    conn._paused = True
+                    self._setEvents(conn, _EV_WRITE)
         except ProtocolError as e:
             self._protocolError(conn, e)
         except _CloseConnection as e:
@@ -780,7 +795,8 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                 return
         out = conn.send_queue
         if not out:
-            if conn._events & _EV_WRITE:
+            if conn._events != _EV_READ:
+                conn._paused = False
                 self._setEvents(conn, _EV_READ)
             return
         try:
@@ -799,7 +815,8 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                 return
         if sent >= len(out):
             out.clear()
-            if conn._events & _EV_WRITE:
+            if conn._events != _EV_READ:
+                conn._paused = False
                 self._setEvents(conn, _EV_READ)
         else:
             del out[:sent]
@@ -809,8 +826,10 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                 out.clear()
                 self._lostConnection(conn)
                 return
-            if not conn._events & _EV_WRITE:
-                self._setEvents(conn, _EV_READ | _EV_WRITE)
+            if conn._paused and len(out) <= self.output_low_water:
+                conn._paused = False
+            self._setEvents(conn, _EV_WRITE if conn._paused
+                            else _EV_READ | _EV_WRITE)
 
     def _flushAllConnections(self):
         # The list object is shared with the submit handlers: empty it in
