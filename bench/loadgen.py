@@ -8,7 +8,8 @@ Packets are pre-built bytes sent in batches; replies are read with large
 
 Every scenario checks its counts (every submission acknowledged, every
 job completed exactly once) and prints one JSON line per run; see
-``bench/README.rst``.
+``bench/README.rst``.  ``--load library`` runs the same scenarios with
+load processes that use gear's own Client and Worker (``bench.library``).
 
     python3 -m bench.loadgen --scenario submit-bg --servers geard,gearmand
 """
@@ -16,6 +17,7 @@ job completed exactly once) and prints one JSON line per run; see
 import argparse
 import array
 import collections
+import copy
 import json
 import multiprocessing
 import os
@@ -33,11 +35,13 @@ if __package__ in (None, ''):  # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))))
 
+from bench import library  # noqa: E402
 from bench import servers as servers_mod  # noqa: E402
 from gear import constants as C  # noqa: E402
 from gear.protocol import InputBuffer, pack  # noqa: E402
 
 SCENARIOS = ('submit-bg', 'drain', 'pipeline', 'roundtrip', 'deepqueue')
+LOADS = ('raw', 'library')
 DEFAULT_N = 100000
 DEFAULT_DEEP_N = 1000000
 RECV_SIZE = 1 << 18
@@ -455,29 +459,39 @@ def _child_main(spec, index, msgs, go, progress):
     """Entry point of one load process: connect, wait for go, run."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        conns = [Conn(spec['host'], spec['port'])
-                 for _ in range(spec['conns'])]
-        if spec['kind'] == 'submitter':
-            role = Submitter(
-                spec['fn'], spec['tag'], spec['first'], spec['count'],
-                len(conns), spec['window'], spec['payload'],
-                spec['foreground'], spec.get('checkpoint_step', 0))
+        if spec['load'] == 'library':
+            role = library.make_role(spec, progress)
+            conns = []
         else:
-            role = Worker(spec['fn'], spec['grab_window'], progress,
-                          spec['slot'], spec['target'])
+            conns = [Conn(spec['host'], spec['port'])
+                     for _ in range(spec['conns'])]
+            if spec['kind'] == 'submitter':
+                role = Submitter(
+                    spec['fn'], spec['tag'], spec['first'], spec['count'],
+                    len(conns), spec['window'], spec['payload'],
+                    spec['foreground'], spec.get('checkpoint_step', 0))
+            else:
+                role = Worker(spec['fn'], spec['grab_window'], progress,
+                              spec['slot'], spec['target'])
         msgs.put(('ready', index, None))
         if not go.wait(READY_TIMEOUT * 4):
             raise BenchError('never told to start')
         cpu0 = time.process_time()
-        drive(conns, role, spec['stall_timeout'])
+        if conns:
+            drive(conns, role, spec['stall_timeout'])
+        else:
+            role.run()
         res = role.result()
         res['cpu'] = time.process_time() - cpu0
         for c in conns:
             c.close()
+        if not conns:
+            role.close()
         msgs.put(('ok', index, res))
     except BaseException as e:
         detail = ('%s: %s' % (type(e).__name__, e) if isinstance(
-            e, (BenchError, OSError)) else traceback.format_exc())
+            e, (BenchError, library.LoadError, OSError))
+            else traceback.format_exc())
         msgs.put(('error', index, detail))
 
 
@@ -516,7 +530,7 @@ def run_phase(server, specs, opts):
     procs = []
     for i, spec in enumerate(specs):
         spec = dict(spec, host=server.host, port=server.port,
-                    stall_timeout=opts.stall_timeout)
+                    stall_timeout=opts.stall_timeout, load=opts.load)
         spec.setdefault('conns', opts.conns)
         p = ctx.Process(target=_child_main,
                         args=(spec, i, msgs, go, progress), daemon=True)
@@ -934,6 +948,10 @@ SUMMARY_METRICS = ('jobs_per_sec', 'server_cpu_us_per_job',
 RATIO_METRICS = ('jobs_per_sec', 'server_cpu_us_per_job',
                  'latency_p50_us', 'latency_p99_us',
                  'rss_delta_per_job_bytes', 'grab_us_deep')
+# Ratios of the library load to the raw load on the same server.
+LOAD_RATIO_METRICS = ('jobs_per_sec', 'client_cpu_us_per_job',
+                      'server_cpu_us_per_job', 'latency_p50_us',
+                      'latency_p99_us')
 
 
 # -- the command line -------------------------------------------------------
@@ -944,45 +962,71 @@ def emit(record, stream=None):
     stream.flush()
 
 
-def summarize(scenario, records, server_names):
+def _summary_key(server, load):
+    """``geard`` for the raw load, ``geard:library`` for the library's."""
+    return server if load == 'raw' else '%s:%s' % (server, load)
+
+
+def _ratios(a, b, metrics):
+    out = {}
+    for metric in metrics:
+        x, y = a.get(metric), b.get(metric)
+        if x is not None and y:
+            out[metric] = round(x / y, 3)
+    return out
+
+
+def summarize(scenario, records, server_names, loads=('raw',)):
     per_server = {}
-    for name in server_names:
-        runs = [r for r in records if r.get('server') == name
-                and r.get('verified')]
-        if not runs:
-            continue
-        medians = {}
-        for metric in SUMMARY_METRICS:
-            values = [r[metric] for r in runs if r.get(metric) is not None]
-            if values:
-                medians[metric] = statistics.median(values)
-        medians['runs'] = len(runs)
-        per_server[name] = medians
+    for load in loads:
+        for name in server_names:
+            runs = [r for r in records if r.get('server') == name
+                    and r.get('load', 'raw') == load and r.get('verified')]
+            if not runs:
+                continue
+            medians = {}
+            for metric in SUMMARY_METRICS:
+                values = [r[metric] for r in runs
+                          if r.get(metric) is not None]
+                if values:
+                    medians[metric] = statistics.median(values)
+            medians['runs'] = len(runs)
+            per_server[_summary_key(name, load)] = medians
     summary = {'summary': True, 'scenario': scenario, 'servers': per_server,
                'ratios': {}}
-    baseline = next((s for s in ('gearmand', 'gearmand-mt')
-                     if s in per_server), None)
-    if baseline:
-        for name, medians in per_server.items():
-            if name == baseline:
+    for load in loads:
+        baseline = next((_summary_key(s, load)
+                         for s in ('gearmand', 'gearmand-mt')
+                         if _summary_key(s, load) in per_server), None)
+        if not baseline:
+            continue
+        for name in server_names:
+            key = _summary_key(name, load)
+            if key == baseline or key not in per_server:
                 continue
-            ratios = {}
-            for metric in RATIO_METRICS:
-                a = medians.get(metric)
-                b = per_server[baseline].get(metric)
-                if a is not None and b:
-                    ratios[metric] = round(a / b, 3)
-            summary['ratios']['%s/%s' % (name, baseline)] = ratios
+            summary['ratios']['%s/%s' % (key, baseline)] = _ratios(
+                per_server[key], per_server[baseline], RATIO_METRICS)
+    if 'raw' in loads:
+        for load in loads:
+            for name in server_names:
+                key = _summary_key(name, load)
+                if load == 'raw' or key not in per_server or \
+                        name not in per_server:
+                    continue
+                summary['ratios']['%s/raw' % key] = _ratios(
+                    per_server[key], per_server[name], LOAD_RATIO_METRICS)
     return summary
 
 
-def run_one(scenario, server, opts, round_no):
+def run_one(scenario, server, opts, round_no, load='raw'):
     n = opts.n_for(scenario)
-    record = {'scenario': scenario, 'server': server.name,
+    record = {'scenario': scenario, 'server': server.name, 'load': load,
               'round': round_no}
+    run_opts = copy.copy(opts)
+    run_opts.load = load
     try:
         with server:
-            record.update(RUNNERS[scenario](server, opts, n))
+            record.update(RUNNERS[scenario](server, run_opts, n))
         record['verified'] = True
     except servers_mod.ServerUnavailable as e:
         record.update(skipped=str(e))
@@ -1054,7 +1098,11 @@ def parse_args(argv=None):
                    help='PID of that server, for CPU and memory figures')
     p.add_argument('--gear016-python', default=None,
                    help='Python of a separate environment with gear 0.16')
+    p.add_argument('--load', choices=LOADS + ('both',), default='raw',
+                   help='load processes: raw sockets (default), gear.Client'
+                   ' and gear.Worker ("library"), or both in turn')
     opts = p.parse_args(argv)
+    opts.loads = LOADS if opts.load == 'both' else (opts.load,)
     if opts.scenario == 'all':
         opts.scenarios = list(SCENARIOS)
     else:
@@ -1099,16 +1147,24 @@ def _main(argv=None):
     for scenario in opts.scenarios:
         for name, reason in skipped:
             emit({'scenario': scenario, 'server': name, 'skipped': reason})
+        loads = [load for load in opts.loads
+                 if load == 'raw' or scenario in library.SCENARIOS]
+        if len(loads) < len(opts.loads):
+            emit({'scenario': scenario, 'load': 'library',
+                  'skipped': 'measures the server alone: no library load'})
         records = []
         for round_no in range(1, opts.rounds + 1):
             for name, factory in factories:
-                record = run_one(scenario, factory(), opts, round_no)
-                emit(record)
-                records.append(record)
-                if record.get('verified') is False:
-                    failed = True
-        if factories:
-            emit(summarize(scenario, records, [n for n, _ in factories]))
+                for load in loads:
+                    record = run_one(scenario, factory(), opts, round_no,
+                                     load)
+                    emit(record)
+                    records.append(record)
+                    if record.get('verified') is False:
+                        failed = True
+        if factories and loads:
+            emit(summarize(scenario, records, [n for n, _ in factories],
+                           loads))
     if not factories:
         sys.stderr.write('no server could be run\n')
         return 2

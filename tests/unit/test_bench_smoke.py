@@ -11,6 +11,7 @@ import sys
 
 import testtools
 
+from bench import library
 from bench import loadgen
 from bench import servers
 
@@ -76,6 +77,32 @@ class SmokeMixin(object):
         for summary in summaries:
             self.assertEqual(1, summary['servers'][self.server]['runs'])
 
+    def test_library_load(self):
+        code, lines, err = run_loadgen(
+            '--scenario', 'all', '--servers', self.server,
+            '--load', 'library', '--n', str(SMOKE_N),
+            '--stall-timeout', '20', '--timeout', '60')
+        self.assertEqual(0, code, (lines, err))
+        runs = [r for r in lines
+                if not r.get('summary') and not r.get('skipped')]
+        skipped = [r for r in lines if r.get('skipped')]
+        summaries = [r for r in lines if r.get('summary')]
+        self.assertEqual(list(library.SCENARIOS),
+                         [r['scenario'] for r in runs])
+        self.assertEqual([('deepqueue', 'library')],
+                         [(r['scenario'], r['load']) for r in skipped])
+        for record in runs:
+            self.assertEqual('library', record['load'])
+            self.assertIs(True, record.get('verified'), record)
+            self.assertEqual(SMOKE_N, record['n'])
+            self.assertGreater(record['client_cpu_us_per_job'], 0)
+        self.assertEqual(list(library.SCENARIOS),
+                         [s['scenario'] for s in summaries])
+        key = '%s:library' % self.server
+        for summary in summaries:
+            self.assertEqual([key], list(summary['servers']))
+            self.assertEqual(1, summary['servers'][key]['runs'])
+
 
 class TestSmokeGearmand(SmokeMixin, testtools.TestCase):
 
@@ -117,6 +144,31 @@ class TestSummary(testtools.TestCase):
         ratios = summary['ratios']['geard/gearmand']
         self.assertEqual(0.5, ratios['jobs_per_sec'])
         self.assertEqual(2.0, ratios['server_cpu_us_per_job'])
+
+    def test_library_to_raw_ratios(self):
+        records = [
+            {'server': 'geard', 'load': 'raw', 'verified': True,
+             'jobs_per_sec': 40.0, 'client_cpu_us_per_job': 2.0},
+            {'server': 'geard', 'load': 'library', 'verified': True,
+             'jobs_per_sec': 10.0, 'client_cpu_us_per_job': 30.0},
+            {'server': 'gearmand', 'load': 'raw', 'verified': True,
+             'jobs_per_sec': 50.0, 'client_cpu_us_per_job': 2.0},
+            {'server': 'gearmand', 'load': 'library', 'verified': True,
+             'jobs_per_sec': 20.0, 'client_cpu_us_per_job': 25.0},
+        ]
+        summary = loadgen.summarize('drain', records, ['geard', 'gearmand'],
+                                    loadgen.LOADS)
+        self.assertEqual(['geard', 'gearmand', 'geard:library',
+                          'gearmand:library'], list(summary['servers']))
+        ratios = summary['ratios']
+        self.assertEqual(0.8, ratios['geard/gearmand']['jobs_per_sec'])
+        self.assertEqual(
+            0.5, ratios['geard:library/gearmand:library']['jobs_per_sec'])
+        self.assertEqual(0.25, ratios['geard:library/raw']['jobs_per_sec'])
+        self.assertEqual(
+            15.0, ratios['geard:library/raw']['client_cpu_us_per_job'])
+        self.assertEqual(
+            12.5, ratios['gearmand:library/raw']['client_cpu_us_per_job'])
 
     def test_no_baseline_no_ratios(self):
         records = [{'server': 'geard', 'verified': True,
