@@ -28,6 +28,7 @@ import hashlib
 import heapq
 
 from gear import constants
+from gear.server.handles import HandleIndex
 from gear.server.jobs import QUEUED, EPOCH, DETACHED, RUNNING, DONE
 
 HIGH = constants.PRECEDENCE_HIGH
@@ -125,9 +126,11 @@ class JobQueue(object):
     gear-style scheduling overrides) and the views' iteration.
     """
 
-    def __init__(self):
+    def __init__(self, handle_prefix=None):
         self.functions = {}      # name -> FunctionQueue
-        self.jobs = {}           # handle -> ServerJob
+        # handle -> ServerJob; handles made of ``handle_prefix`` and the
+        # counter are indexed by number (see gear.server.handles).
+        self.jobs = HandleIndex(handle_prefix)
         # name -> [normal, low, high]; kept for functions that do not
         # exist yet.
         self.limits = {}
@@ -383,10 +386,7 @@ class JobQueue(object):
             fq.epoch_count -= 1
             self.epoch_count -= 1
         job._state = DONE
-        handle = job.handle
-        jobs = self.jobs
-        if jobs.get(handle) is job:
-            del jobs[handle]
+        self.jobs.discard(job.handle, job)
         if job.unique:
             self.releaseUnique(job)
 

@@ -171,7 +171,7 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self.job_handle_prefix = prefix
         self._handle_format = prefix + b':%d'
 
-        self.queue = JobQueue()
+        self.queue = JobQueue(prefix + b':')
         self.queue.on_enqueue = self._wakeFunction
         self.high_queue = self.queue.high_queue
         self.normal_queue = self.queue.normal_queue
