@@ -13,13 +13,15 @@ import struct
 
 from gear import constants
 from gear.server import jobs as jobstates
-from gear.server.jobs import ServerJob
+from gear.server.jobs import JobLinks
 from gear.server.util import (
     MAX_UNIQUE, _CREATED_HEADERS, _NO_JOB, _CloseConnection,
     _created_header, _new_job)
 
 RES = constants.RES
 RUNNING = jobstates.RUNNING
+STATE = jobstates.STATE
+FLAGS = jobstates.FLAGS
 _QUEUED = jobstates.QUEUED
 _pack_header = struct.Struct('!4sII').pack
 
@@ -85,9 +87,9 @@ class FastPaths(object):
         headers = _CREATED_HEADERS
         submit = self._submit
         new = _new_job
-        cls = ServerJob
-        state = _QUEUED
-        flags = precedence | (jobstates.BACKGROUND if background else 0)
+        cls = self._job_class
+        links = JobLinks
+        state = _QUEUED | jobstates.flags(precedence, background)
 
         def handler(conn, payload):
             fields = payload.split(b'\x00', 2)
@@ -116,14 +118,12 @@ class FastPaths(object):
             job.handle = handle
             job.arguments = arguments
             job.unique = unique
-            job.worker_connection = None
-            job._flags = flags
             job._fq = fq
             job._state = state
             if background:
-                job.clients = None
+                job._links = None
             else:
-                job.clients = [conn]
+                job._links = links([conn])
                 conn.related_jobs[handle] = job
             index_job(n, job)
             if unique is not None:
@@ -163,11 +163,12 @@ class FastPaths(object):
             # The worker's own assignments: a small dict, found faster
             # than through the server-wide index.
             job = conn.related_jobs.get(data if end < 0 else data[:end])
-            if job is None or job.worker_connection is not conn or \
-                    job._state != RUNNING:
+            links = None if job is None else job._links
+            if links is None or links.worker is not conn or \
+                    (job._state & STATE) != RUNNING:
                 passthrough(ptype, True, conn, data)
                 return
-            clients = job.clients
+            clients = links.clients
             if clients:
                 header = pack_header(RES, ptype, len(data))
                 for c in clients:
@@ -201,6 +202,7 @@ class FastPaths(object):
         join = b'\x00'.join
         uniq = constants.JOB_ASSIGN_UNIQ
         take = q.take
+        new_links = JobLinks
 
         def handler(conn, payload):
             if conn.state == 'SLEEP':
@@ -222,8 +224,12 @@ class FastPaths(object):
                             # timers and statistics take the full path.
                             job._fq.running += 1
                             q.running += 1
-                            job._state = RUNNING
-                            job.worker_connection = conn
+                            job._state = (job._state & FLAGS) | RUNNING
+                            links = job._links
+                            if links is None:
+                                job._links = new_links(None, conn)
+                            else:
+                                links.worker = conn
                             conn.related_jobs[job.handle] = job
                             if conn._timeouts or server.stats is not None:
                                 server._assignJob(conn, job)

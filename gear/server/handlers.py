@@ -11,7 +11,7 @@ import time
 from gear import constants
 from gear.protocol import pack
 from gear.server import jobs as jobstates
-from gear.server.jobs import ServerJob
+from gear.server.jobs import JobLinks
 from gear.server.queue import unique_key
 from gear.server.util import (
     MAX_HANDLE, MAX_UNIQUE, _CREATED_HEADERS, _NO_JOB, _CloseConnection,
@@ -22,6 +22,8 @@ NORMAL = constants.PRECEDENCE_NORMAL
 HIGH = constants.PRECEDENCE_HIGH
 LOW = constants.PRECEDENCE_LOW
 RUNNING = jobstates.RUNNING
+STATE = jobstates.STATE
+FLAGS = jobstates.FLAGS
 _QUEUED = jobstates.QUEUED
 MAX_CLIENT_ID = 127
 MIN_CAN_DO_TIMEOUT = 1000
@@ -183,17 +185,16 @@ class PacketHandlers(object):
             return
         n = q.max_handle = q.max_handle + 1
         handle = self._handle_format % n
-        job = _new_job(ServerJob)
+        job = _new_job(self._job_class)
         job.handle = handle
         job.arguments = arguments
         job.unique = unique
-        job.worker_connection = None
-        job._flags = precedence | (jobstates.BACKGROUND if background else 0)
+        job._state = jobstates.flags(precedence, background)
         job._fq = fq
         if background:
-            job.clients = None
+            job._links = None
         else:
-            job.clients = [conn]
+            job._links = JobLinks([conn])
             conn.related_jobs[handle] = job
         if when:
             job.when = when
@@ -213,7 +214,7 @@ class PacketHandlers(object):
             fq.fifos[precedence].append(job)
             fq.queued[precedence] += 1
             q.queued[precedence] += 1
-            job._state = _QUEUED
+            job._state = (job._state & FLAGS) | _QUEUED
         out = conn.send_queue
         if not out:
             if conn.closed:
@@ -368,8 +369,8 @@ class PacketHandlers(object):
         if conn._timeouts:
             conn._timeouts.pop(name, None)
         for job in list(conn.related_jobs.values()):
-            if job.worker_connection is conn and job._state == RUNNING \
-                    and job.name == name:
+            if job.worker_connection is conn and \
+                    (job._state & STATE) == RUNNING and job.name == name:
                 self._requeueJob(job, 'worker sent CANT_DO')
 
     def handleCantDo(self, packet):
@@ -401,7 +402,7 @@ class PacketHandlers(object):
         handle = data if end < 0 else data[:end]
         job = self.queue.jobs.get(handle)
         if job is None or job.worker_connection is not conn or \
-                job._state != RUNNING:
+                (job._state & STATE) != RUNNING:
             if len(handle) > MAX_HANDLE:
                 self.sendError(conn, b'ARGUMENT_TOO_LARGE',
                                b'Job handle longer than 64 bytes')
@@ -468,7 +469,7 @@ class PacketHandlers(object):
             payload = handle + b'\x000\x000\x000\x000'
         else:
             payload = b'%s\x001\x00%d\x00%d\x00%d' % (
-                handle, job._state == RUNNING,
+                handle, (job._state & STATE) == RUNNING,
                 _atoi(job.numerator or b''), _atoi(job.denominator or b''))
         self._send(conn, pack(RES, constants.STATUS_RES, payload))
 
@@ -489,7 +490,7 @@ class PacketHandlers(object):
             payload = unique + b'\x000\x000\x000\x000\x000'
         else:
             payload = b'%s\x001\x00%d\x00%d\x00%d\x00%d' % (
-                unique, job._state == RUNNING,
+                unique, (job._state & STATE) == RUNNING,
                 _atoi(job.numerator or b''), _atoi(job.denominator or b''),
                 len(job.clients or ()))
         self._send(conn, pack(RES, constants.STATUS_RES_UNIQUE, payload))

@@ -93,8 +93,14 @@ class HandleIndex(collections.abc.MutableMapping):
 
     def discard(self, handle, job):
         """Remove ``handle`` if it still names ``job``."""
-        if self.get(handle) is job:
-            del self[handle]
+        n = self.number(handle)
+        if n is None:
+            if self._other.get(handle) is job:
+                del self._other[handle]
+            return
+        chunk = self.chunks.get(n >> CHUNK_BITS)
+        if chunk is not None and chunk[n & CHUNK_MASK] is job:
+            self._take(n)
 
     def __getitem__(self, handle):
         job = self.get(handle)

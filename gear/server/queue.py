@@ -29,7 +29,8 @@ import heapq
 
 from gear import constants
 from gear.server.handles import HandleIndex
-from gear.server.jobs import QUEUED, EPOCH, DETACHED, RUNNING, DONE
+from gear.server.jobs import (
+    QUEUED, EPOCH, DETACHED, RUNNING, DONE, STATE, FLAGS)
 
 HIGH = constants.PRECEDENCE_HIGH
 NORMAL = constants.PRECEDENCE_NORMAL
@@ -109,7 +110,7 @@ class FunctionQueue(object):
     def nextEpoch(self):
         """The time of the earliest waiting epoch job, or None."""
         heap = self.epoch
-        while heap and heap[0][2]._state != EPOCH:
+        while heap and (heap[0][2]._state & STATE) != EPOCH:
             _heappop(heap)
         return heap[0][0] if heap else None
 
@@ -211,13 +212,13 @@ class JobQueue(object):
         _heappush(fq.epoch, (when, self._epoch_seq, job))
         fq.epoch_count += 1
         self.epoch_count += 1
-        job._state = EPOCH
+        job._state = (job._state & FLAGS) | EPOCH
 
     def _append(self, job, fq, p):
         fq.fifos[p].append(job)
         fq.queued[p] += 1
         self.queued[p] += 1
-        job._state = QUEUED
+        job._state = (job._state & FLAGS) | QUEUED
 
     def _purge(self, job, fq):
         # A finished job is being queued again by hand (a view's append):
@@ -238,7 +239,7 @@ class JobQueue(object):
 
     def requeue(self, job):
         """Put a running (or detached) job back at the tail of its FIFO."""
-        state = job._state
+        state = job._state & STATE
         fq = job._fq
         if state == RUNNING:
             fq.running -= 1
@@ -246,11 +247,7 @@ class JobQueue(object):
         elif state != DETACHED:
             return False
         job.worker_connection = None
-        d = job.__dict__
-        if d:
-            d.pop('numerator', None)
-            d.pop('denominator', None)
-            d.pop('_timer', None)
+        del job.numerator, job.denominator, job._timer
         self._mark(job)
         self._append(job, fq, job.precedence)
         return True
@@ -264,7 +261,7 @@ class JobQueue(object):
         moved = 0
         while heap and heap[0][0] <= now:
             job = _heappop(heap)[2]
-            if job._state != EPOCH:
+            if (job._state & STATE) != EPOCH:
                 continue
             fq.epoch_count -= 1
             self.epoch_count -= 1
@@ -279,7 +276,7 @@ class JobQueue(object):
         """The live job at the head of a FIFO (dead heads are dropped)."""
         fifo = fq.fifos[p]
         job = fifo[0]
-        while job._state != QUEUED:
+        while (job._state & STATE) != QUEUED:
             fifo.popleft()
             fq.stale[p] -= 1
             job = fifo[0]
@@ -311,12 +308,12 @@ class JobQueue(object):
                 if fq.queued[p]:
                     fifo = fq.fifos[p]
                     job = fifo.popleft()
-                    while job._state != QUEUED:
+                    while (job._state & STATE) != QUEUED:
                         fq.stale[p] -= 1
                         job = fifo.popleft()
                     fq.queued[p] -= 1
                     self.queued[p] -= 1
-                    job._state = DETACHED
+                    job._state = (job._state & FLAGS) | DETACHED
                     if i < len(fqs) - 1:
                         del fqs[i]
                         fqs.append(fq)
@@ -331,11 +328,11 @@ class JobQueue(object):
         fq.fifos[p].remove(job)
         fq.queued[p] -= 1
         self.queued[p] -= 1
-        job._state = DETACHED
+        job._state = (job._state & FLAGS) | DETACHED
 
     def start(self, job, connection):
         """Mark a job running on ``connection``.  Idempotent."""
-        state = job._state
+        state = job._state & STATE
         if state == RUNNING:
             job.worker_connection = connection
             return
@@ -350,7 +347,7 @@ class JobQueue(object):
         fq = job._fq
         fq.running += 1
         self.running += 1
-        job._state = RUNNING
+        job._state = (job._state & FLAGS) | RUNNING
         job.worker_connection = connection
 
     # -- removal -------------------------------------------------------------
@@ -368,7 +365,7 @@ class JobQueue(object):
 
     def remove(self, job):
         """Forget a job for good (finished, cancelled, dropped).  O(1)."""
-        state = job._state
+        state = job._state & STATE
         if state == DONE:
             return
         fq = job._fq
@@ -385,14 +382,14 @@ class JobQueue(object):
         elif state == EPOCH:
             fq.epoch_count -= 1
             self.epoch_count -= 1
-        job._state = DONE
+        job._state = (job._state & FLAGS) | DONE
         self.jobs.discard(job.handle, job)
         if job.unique:
             self.releaseUnique(job)
 
     def _compact(self, fq, p):
         fq.fifos[p].__init__(
-            [job for job in fq.fifos[p] if job._state == QUEUED])
+            [job for job in fq.fifos[p] if (job._state & STATE) == QUEUED])
         fq.stale[p] = 0
 
     # -- counters and listing ---------------------------------------------
@@ -407,7 +404,7 @@ class JobQueue(object):
         for fq in list(self.functions.values()):
             if fq.queued[precedence]:
                 live = [j for j in list(fq.fifos[precedence])
-                        if j._state == QUEUED]
+                        if (j._state & STATE) == QUEUED]
                 if live:
                     runs.append(live)
         if not runs:
@@ -456,7 +453,7 @@ class PriorityView(object):
         return self._jq.queuedJobs(self.precedence)[index]
 
     def __contains__(self, job):
-        return (getattr(job, '_state', None) == QUEUED and
+        return ((getattr(job, '_state', 0) & STATE) == QUEUED and
                 job.precedence == self.precedence and
                 self._jq.jobs.get(job.handle) is job)
 
@@ -469,18 +466,18 @@ class PriorityView(object):
         jq = self._jq
         if job in self:
             raise ValueError('job is already in this queue')
-        if job._state == QUEUED:
+        if (job._state & STATE) == QUEUED:
             jq.detach(job)
         fq = jq.function(job.name)
-        job.__dict__.pop('_name', None)
-        if job._state == RUNNING:
+        del job._name
+        if (job._state & STATE) == RUNNING:
             fq.running -= 1
             jq.running -= 1
-        elif job._state == EPOCH:
+        elif (job._state & STATE) == EPOCH:
             fq.epoch_count -= 1
             jq.epoch_count -= 1
         old = job._fq
-        if job._state == DONE and old is not None:
+        if (job._state & STATE) == DONE and old is not None:
             jq._purge(job, old)
         job._fq = fq
         job.precedence = self.precedence

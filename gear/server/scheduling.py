@@ -15,6 +15,7 @@ from gear.server import jobs as jobstates
 
 RES = constants.RES
 RUNNING = jobstates.RUNNING
+STATE = jobstates.STATE
 _NOOP = pack(RES, constants.NOOP)
 
 
@@ -24,7 +25,7 @@ class Scheduling(object):
 
     def _abandonJob(self, job):
         """The last client of a foreground job left."""
-        state = job._state
+        state = job._state & STATE
         if state == RUNNING:
             # Let it finish; its result goes nowhere.
             job.ignore = True
@@ -38,17 +39,20 @@ class Scheduling(object):
         """A job ends for good: forget it everywhere."""
         self.queue.remove(job)
         handle = job.handle
-        worker = job.worker_connection
-        if worker is not None:
-            worker.related_jobs.pop(handle, None)
-        clients = job.clients
-        if clients:
-            for c in clients:
-                c.related_jobs.pop(handle, None)
-        timer = job._timer
-        if timer is not None:
-            self._cancelTimer(timer)
-            job._timer = None
+        links = job._links
+        if links is not None:
+            worker = links.worker
+            if worker is not None:
+                worker.related_jobs.pop(handle, None)
+            clients = links.clients
+            if clients:
+                for c in clients:
+                    c.related_jobs.pop(handle, None)
+            if links.extra:
+                timer = job._timer
+                if timer is not None:
+                    self._cancelTimer(timer)
+                    job._timer = None
         if self._persist and job.background and not job.ignore:
             try:
                 self.store.remove(job)
@@ -94,8 +98,8 @@ class Scheduling(object):
         self._wakeFunction(job._fq)
 
     def _jobTimedOut(self, job):
-        job.__dict__.pop('_timer', None)
-        if job._state == RUNNING:
+        del job._timer
+        if (job._state & STATE) == RUNNING:
             self.log.info("Job %s exceeded its worker's timeout", job.handle)
             self._requeueJob(job, 'CAN_DO_TIMEOUT expired')
 
@@ -260,7 +264,7 @@ class Scheduling(object):
                 self._send(c, fail)
                 c.related_jobs.pop(job.handle, None)
             job.clients = []
-        if job._state == RUNNING:
+        if (job._state & STATE) == RUNNING:
             if job.background and self._persist:
                 try:
                     self.store.remove(job)

@@ -42,7 +42,7 @@ from gear.server import scheduling
 from gear.server import stats as stats_mod
 from gear.server.connection import (
     ServerAdminRequest, ServerConnection, subject_from_cert)
-from gear.server.jobs import ServerJob
+from gear.server.jobs import CompactServerJob, ServerJob
 from gear.server.poller import (
     _EV_READ, _EV_WRITE, _HAS_EPOLL, _READ_MASK, Poller)
 from gear.server.queue import JobQueue, unique_key
@@ -55,6 +55,7 @@ NORMAL = constants.PRECEDENCE_NORMAL
 HIGH = constants.PRECEDENCE_HIGH
 LOW = constants.PRECEDENCE_LOW
 RUNNING = jobstates.RUNNING
+STATE = jobstates.STATE
 
 # recv() allocates this much before shrinking to what arrived; above
 # glibc's initial mmap threshold (128 KiB) every read could cost an
@@ -121,6 +122,14 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
 
     log = logging.getLogger('gear.Server')
 
+    #: The class of the jobs the server creates.  None picks
+    #: :class:`~gear.server.jobs.CompactServerJob` (no per-job
+    #: ``__dict__``) for ``Server`` itself and
+    #: :class:`~gear.server.jobs.ServerJob`, which takes attributes of any
+    #: name as gear's jobs did, for subclasses: their overrides may set
+    #: attributes of their own on jobs.
+    job_class = None
+
     def __init__(self, port=4730, ssl_key=None, ssl_cert=None, ssl_ca=None,
                  statsd_host=None, statsd_port=8125, statsd_prefix=None,
                  server_id=None, acl=None, host=None, keepalive=False,
@@ -171,6 +180,8 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self.job_handle_prefix = prefix
         self._handle_format = prefix + b':%d'
 
+        self._job_class = self.job_class or (
+            CompactServerJob if type(self) is Server else ServerJob)
         self.queue = JobQueue(prefix + b':')
         self.queue.on_enqueue = self._wakeFunction
         self.high_queue = self.queue.high_queue
@@ -356,23 +367,23 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                            precedence, record)
         fq = q.function(name)
         key = unique_key(unique, arguments)
-        job = ServerJob._new(handle, name, arguments, unique, None,
-                             precedence, True, fq)
+        job = self._job_class._new(handle, name, arguments, unique,
+                                   None, precedence, True, fq)
         if record.when:
             job.when = record.when
         job._order = (q.max_handle, 0)
         if key is not None and key in fq.uniques:
             key = None
         q.add(job, fq, key, now)
-        if job._state == jobstates.EPOCH:
+        if (job._state & STATE) == jobstates.EPOCH:
             self._armEpochTimer(fq)
 
     def _storeAdd(self, job, handle, name, unique, arguments, precedence,
                   record):
         # A replayed row whose handle had to change: store it anew and drop
         # the old row.
-        fresh = ServerJob._new(handle, name, arguments, unique, None,
-                               precedence, True)
+        fresh = self._job_class._new(handle, name, arguments, unique,
+                                     None, precedence, True)
         if record.when:
             fresh.when = record.when
         try:
@@ -917,7 +928,8 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         conn._fqs = []
         conn.functions = set()
         for job in list(conn.related_jobs.values()):
-            if job.worker_connection is conn and job._state == RUNNING:
+            if job.worker_connection is conn and \
+                    (job._state & STATE) == RUNNING:
                 self._requeueJob(job, 'worker disconnected')
             clients = job.clients
             if clients and conn in clients:

@@ -3,7 +3,6 @@
 import testtools
 
 from gear import constants
-from gear.server import jobs as jobstates
 from gear.server.jobs import ServerJob
 from gear.server.queue import JobQueue, unique_key
 
@@ -319,7 +318,7 @@ class TestViews(QueueTestCase):
         for job in self.q.normal_queue:
             self.q.normal_queue.remove(job)
         self.assertEqual(0, len(self.q.normal_queue))
-        self.assertEqual(jobstates.DETACHED, jobs[4]._state)
+        self.assertEqual('DETACHED', jobs[4].state)
 
 
 class TestServerJob(testtools.TestCase):
