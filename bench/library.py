@@ -13,13 +13,28 @@ its user per job.
 Each role returns the same result dictionary as its raw counterpart in
 ``bench.loadgen``, so the scenarios verify both kinds with one set of
 checks.
+
+Run as a module, it runs a single library client or worker in this
+process against a fresh server, so that a profiler sees only the
+library's side::
+
+    python3 -m bench.library --scenario drain --n 50000 --cprofile out.prof
+    py-spy record -o out.txt --format raw -- python3 -m bench.library
 """
 
+import argparse
 import array
+import cProfile
+import os
+import sys
 import threading
 import time
 
-import gear
+if __package__ in (None, ''):  # run as a script: make the repo importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+
+import gear  # noqa: E402
 
 # Scenarios that have a library load (deepqueue measures the server
 # alone, so it only runs with the raw load).
@@ -333,3 +348,93 @@ def make_role(spec, progress):
     if spec['kind'] == 'submitter':
         return LibrarySubmitter(spec)
     return LibraryWorker(spec, progress)
+
+
+# -- one role in this process, for profiling ----------------------------------
+
+def _profile_new_threads(profiles):
+    """Give every thread started from now on its own cProfile.Profile."""
+    def first_call(*args):
+        sys.setprofile(None)
+        prof = cProfile.Profile()
+        profiles.append(prof)
+        prof.enable()
+    threading.setprofile(first_call)
+
+
+def _profile_main(argv=None):
+    from bench import loadgen
+    from bench import servers as servers_mod
+    p = argparse.ArgumentParser(
+        prog='python3 -m bench.library',
+        description='Run one gear.Client (submit-bg, pipeline: its jobs'
+        ' are completed by raw workers) or one gear.Worker (drain: the'
+        ' jobs are preloaded raw) in this process, for profiling.')
+    p.add_argument('--scenario', default='submit-bg',
+                   choices=('submit-bg', 'drain', 'pipeline'))
+    p.add_argument('--server', default='geard',
+                   choices=servers_mod.KNOWN_SERVERS[:3])
+    p.add_argument('--n', type=int, default=50000)
+    p.add_argument('--window', type=int, default=100)
+    p.add_argument('--grab-window', type=int, default=4)
+    p.add_argument('--cprofile', metavar='FILE',
+                   help='write merged cProfile stats of every thread')
+    args = p.parse_args(argv)
+    opts = loadgen.parse_args(['--n', str(args.n)])
+    opts.load = 'raw'
+    fn = b'bench-profile-%s' % opts.run_token.encode()
+    profiles = []
+    with servers_mod.make_server(args.server) as server:
+        base = dict(host=server.host, port=server.port,
+                    stall_timeout=opts.stall_timeout)
+        helper = None
+        if args.scenario == 'drain':
+            loadgen.run_phase(server, loadgen.submitter_specs(
+                fn, args.n, 4, args.window, opts.payload_bytes, False),
+                opts)
+            spec = dict(base, kind='worker', fn=fn, slot=0,
+                        target=args.n, grab_window=args.grab_window)
+        else:
+            foreground = args.scenario == 'pipeline'
+            spec = dict(base, kind='submitter', fn=fn, tag=b'c00-',
+                        first=0, count=args.n, window=args.window,
+                        payload=opts.payload_bytes, foreground=foreground)
+            if foreground:
+                helper = threading.Thread(
+                    target=loadgen.run_phase, daemon=True,
+                    args=(server, loadgen.worker_specs(
+                        fn, 4, args.grab_window, args.n), opts))
+                helper.start()
+        if args.cprofile:
+            _profile_new_threads(profiles)
+            main_prof = cProfile.Profile()
+            profiles.append(main_prof)
+            main_prof.enable()
+        progress = array.array('q', [0])
+        role = make_role(spec, progress)
+        times0, t0 = os.times(), time.monotonic()
+        role.run()
+        times1, wall = os.times(), time.monotonic() - t0
+        role.close()
+        if args.cprofile:
+            main_prof.disable()
+            threading.setprofile(None)
+        if helper is not None:
+            helper.join(60)
+    user = (times1.user - times0.user) * 1e6 / args.n
+    system = (times1.system - times0.system) * 1e6 / args.n
+    print('%s against %s: %d jobs in %.2f s; CPU per job in this process:'
+          ' %.1f us user + %.1f us system' % (
+              args.scenario, args.server, args.n, wall, user, system))
+    if args.cprofile:
+        import pstats
+        stats = pstats.Stats(profiles[0])
+        for prof in profiles[1:]:
+            stats.add(prof)
+        stats.dump_stats(args.cprofile)
+        stats.sort_stats('tottime').print_stats(25)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(_profile_main())

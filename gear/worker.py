@@ -102,7 +102,11 @@ class Worker(BaseClient):
             raise ConfigurationError("A client_id must be provided")
         self.functions = {}
         self.job_lock = threading.RLock()
+        # getJob() callers wait on the first (one is woken per job that
+        # arrives); stopWaitingForJobs() waits on the second for the
+        # answers to grabs in flight.
         self._job_available = threading.Condition(self.job_lock)
+        self._grab_answered = threading.Condition(self.job_lock)
         self.waiting_for_jobs = 0
         self.job_queue = collections.deque()
         self._interrupts = 0
@@ -257,12 +261,14 @@ class Worker(BaseClient):
             self._deferred_cant_do = {
                 key for key in self._deferred_cant_do if key[0] is not conn}
             self._job_available.notify_all()
+            self._grab_answered.notify_all()
             self._updateStateMachines()
 
     def _shutdown(self):
         super(Worker, self)._shutdown()
         with self.job_lock:
             self._job_available.notify_all()
+            self._grab_answered.notify_all()
 
     # The grab state machine
 
@@ -339,7 +345,7 @@ class Worker(BaseClient):
         with self.job_lock:
             if conn.state == GRAB_WAIT:
                 self._sendPreSleep(conn)
-                self._job_available.notify_all()
+                self._grab_answered.notify_all()
                 self._updateStateMachines()
             else:
                 self.log.debug("Ignoring NO_JOB on %s in state %s", conn,
@@ -373,7 +379,10 @@ class Worker(BaseClient):
             if conn.state == GRAB_WAIT:
                 conn.changeState(IDLE)
             self.job_queue.append(job)
-            self._job_available.notify_all()
+            # One job, one caller: waking them all would make the rest
+            # contend for the lock only to wait again.
+            self._job_available.notify()
+            self._grab_answered.notify_all()
             self._updateStateMachines()
         return job
 
@@ -430,7 +439,7 @@ class Worker(BaseClient):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
-                self._job_available.wait(remaining)
+                self._grab_answered.wait(remaining)
 
 
 class TextWorker(Worker):
