@@ -5,6 +5,9 @@ it writes to standard output becomes the result (WORK_COMPLETE), or a
 stream of WORK_DATA chunks with ``--stream``.  A non-zero exit sends
 WORK_FAIL and logs the command's standard error.  Jobs run one at a time.
 
+With ``--timeout-ms`` the command is killed when the server's time limit
+for the job runs out: by then the job is another worker's.
+
 SIGTERM or SIGINT stops the worker once the running command has
 finished and its result is sent; a second signal kills the command and
 leaves the job to the server, which gives it to another worker.
@@ -36,15 +39,17 @@ log = logging.getLogger('gear-worker')
 class CommandResult(object):
     """How one run of the command ended."""
 
-    __slots__ = ('returncode', 'stdout', 'stderr', 'error', 'killed')
+    __slots__ = ('returncode', 'stdout', 'stderr', 'error', 'killed',
+                 'timed_out')
 
     def __init__(self, returncode=None, stdout=b'', stderr=b'', error=None,
-                 killed=False):
+                 killed=False, timed_out=False):
         self.returncode = returncode
         self.stdout = stdout
         self.stderr = stderr
         self.error = error
         self.killed = killed
+        self.timed_out = timed_out
 
     @property
     def ok(self):
@@ -67,7 +72,9 @@ class CommandRunner(object):
         self._lock = threading.Lock()
         self._process = None
 
-    def run(self, data, env=None, on_chunk=None):
+    def run(self, data, env=None, on_chunk=None, timeout=None):
+        """Run the command once; with ``timeout`` (seconds) it is killed
+        when it runs longer."""
         try:
             process = subprocess.Popen(
                 self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -85,6 +92,12 @@ class CommandRunner(object):
         for thread in (feeder, drainer):
             thread.daemon = True
             thread.start()
+        expired = threading.Event()
+        timer = None
+        if timeout is not None:
+            timer = threading.Timer(timeout, self._expire, (expired,))
+            timer.daemon = True
+            timer.start()
         stdout_chunks = []
         fd = process.stdout.fileno()
         while True:
@@ -97,13 +110,20 @@ class CommandRunner(object):
                 stdout_chunks.append(chunk)
         process.stdout.close()
         returncode = process.wait()
+        if timer is not None:
+            timer.cancel()
         feeder.join()
         drainer.join()
         with self._lock:
             killed = self._process is None
             self._process = None
         return CommandResult(returncode, b''.join(stdout_chunks),
-                             b''.join(stderr_chunks), killed=killed)
+                             b''.join(stderr_chunks), killed=killed,
+                             timed_out=killed and expired.is_set())
+
+    def _expire(self, expired):
+        expired.set()
+        self.kill()
 
     @staticmethod
     def _feed(pipe, data):
@@ -200,7 +220,7 @@ def build_parser():
     parser.add_argument('--timeout-ms', type=_timeout_ms, metavar='MS',
                         help='register with CAN_DO_TIMEOUT: the server '
                              'gives a job to another worker after MS '
-                             'milliseconds')
+                             'milliseconds, and the command is killed then')
     parser.add_argument('--stream', action='store_true',
                         help='send output as WORK_DATA chunks while the '
                              'command runs')
@@ -230,11 +250,15 @@ def parse_args(argv=None):
 class CommandWorker(object):
     """Take jobs one by one and answer them with the command's output."""
 
-    def __init__(self, worker, runner, count=None, stream=False):
+    def __init__(self, worker, runner, count=None, stream=False,
+                 timeout_ms=None):
         self.worker = worker
         self.runner = runner
         self.count = count
         self.stream = stream
+        # The server gives the job to another worker after this long, so
+        # a command still running then is wasted work: kill it.
+        self.timeout_ms = timeout_ms
         self.done = 0
         self.stopping = threading.Event()
         self.signals = 0
@@ -277,9 +301,15 @@ class CommandWorker(object):
         log.info('running job %s (%s)', handle,
                  job.binary_name.decode('utf-8', 'replace'))
         on_chunk = job.sendWorkData if self.stream else None
+        timeout = self.timeout_ms / 1000.0 if self.timeout_ms else None
         result = self.runner.run(bytes(job.binary_arguments),
                                  env=job_environment(job),
-                                 on_chunk=on_chunk)
+                                 on_chunk=on_chunk, timeout=timeout)
+        if result.timed_out:
+            log.warning('job %s: command still running after --timeout-ms '
+                        '%d; killed it, the server gives the job to another '
+                        'worker', handle, self.timeout_ms)
+            return
         if result.killed:
             log.warning('job %s: command killed; the server will give the '
                         'job to another worker', handle)
@@ -320,7 +350,7 @@ def _main(argv):
         worker.registerFunction(name, timeout=args.timeout_ms)
     runner = CommandRunner(args.command)
     serving = CommandWorker(worker, runner, count=args.count,
-                            stream=args.stream)
+                            stream=args.stream, timeout_ms=args.timeout_ms)
     previous = {}
     for signum in (signal.SIGTERM, signal.SIGINT):
         previous[signum] = signal.signal(signum, serving.request_stop)

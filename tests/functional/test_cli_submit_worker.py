@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 
+import fixtures
 import testtools
 
 import gear
@@ -184,6 +185,24 @@ class SubmitWorkerChecks(object):
         code, _, err = self.finished(worker)
         self.assertEqual(0, code, err)
         self.wait_workers('cli_term', 0)
+
+    def test_worker_kills_a_command_that_overruns_its_timeout(self):
+        pidfile = os.path.join(self.useFixture(
+            fixtures.TempDir()).path, 'pid')
+        worker = self.worker(
+            ['cli_slow'], ['sh', '-c', 'echo $$ > %s; exec sleep 600'
+                           % pidfile],
+            '--timeout-ms', '1000', '--count', '1')
+        result = self.submit('-f', 'cli_slow', '--background', 'x')
+        self.assertEqual(0, result.returncode, result.stderr)
+        code, _, err = self.finished(worker)
+        self.assertEqual(0, code, err)
+        self.assertIn(b'command still running after --timeout-ms 1000; '
+                      b'killed it', err)
+        with open(pidfile) as f:
+            pid = int(f.read())
+        self.assertFalse(os.path.exists('/proc/%d' % pid),
+                         'the command outlived its worker')
 
     def test_gearman_client_against_gear_worker(self):
         tool = gearman_tool()
