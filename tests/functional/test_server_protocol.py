@@ -439,6 +439,21 @@ class TestCoalescing(ServerTestCase):
         self.assertNotEqual(client.submit(b'fn', b'', b'-'),
                             client.submit(b'fn', b'', b'-'))
 
+    def test_completion_frees_the_unique(self):
+        client = self.connect()
+        worker = self.connect()
+        worker.canDo(b'fn')
+        for unique, data in ((b'u', b'd'), (b'-', b'hashed')):
+            handles = []
+            for _ in range(2):
+                h = client.submit(b'fn', data, unique)
+                worker.grab()
+                worker.send(c.WORK_COMPLETE, h, b'r')
+                client.expect(c.WORK_COMPLETE, h + b'\x00r')
+                handles.append(h)
+            self.assertNotEqual(handles[0], handles[1])
+        self.assertEqual(0, len(self.server.jobs))
+
     def test_empty_unique_never_coalesces(self):
         client = self.connect()
         self.assertNotEqual(client.submit(b'fn', b'same', b''),
