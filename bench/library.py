@@ -252,7 +252,8 @@ class LibraryWorker(object):
     ``grab_window`` threads wait in getJob(); gear.Worker itself keeps
     at most one GRAB_JOB_UNIQ in flight per connection, but with several
     callers waiting it sends the next grab as soon as a job arrives.
-    Progress goes to the same shared array as the raw workers use.
+    The main thread publishes progress in the same shared array as the
+    raw workers use, and ends the run when the total reaches ``target``.
     """
 
     def __init__(self, spec, progress):
@@ -279,7 +280,6 @@ class LibraryWorker(object):
     def _work(self):
         get_job = self.worker.getJob
         uniques = self.uniques
-        progress, slot = self.progress, self.slot
         monotonic = time.monotonic
         try:
             while not self._stopping:
@@ -292,7 +292,6 @@ class LibraryWorker(object):
                 job.sendWorkComplete(b'')
                 uniques.append(job.unique)
                 self.t_last = monotonic()
-                progress[slot] = len(uniques)
         except Exception as e:
             self.errors.append('%s: %s' % (type(e).__name__, e))
             self._wake.set()
@@ -307,6 +306,9 @@ class LibraryWorker(object):
             while True:
                 if self.errors:
                     raise LoadError(self.describe())
+                # Only this thread publishes the count, so it never goes
+                # backwards.
+                self.progress[self.slot] = len(self.uniques)
                 seen = sum(self.progress)
                 if seen >= self.target:
                     break

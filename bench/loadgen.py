@@ -459,9 +459,10 @@ def _child_main(spec, index, msgs, go, progress):
     """Entry point of one load process: connect, wait for go, run."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        if spec['load'] == 'library':
+        library_load = spec['load'] == 'library'
+        conns = []
+        if library_load:
             role = library.make_role(spec, progress)
-            conns = []
         else:
             conns = [Conn(spec['host'], spec['port'])
                      for _ in range(spec['conns'])]
@@ -477,15 +478,15 @@ def _child_main(spec, index, msgs, go, progress):
         if not go.wait(READY_TIMEOUT * 4):
             raise BenchError('never told to start')
         cpu0 = time.process_time()
-        if conns:
-            drive(conns, role, spec['stall_timeout'])
-        else:
+        if library_load:
             role.run()
+        else:
+            drive(conns, role, spec['stall_timeout'])
         res = role.result()
         res['cpu'] = time.process_time() - cpu0
         for c in conns:
             c.close()
-        if not conns:
+        if library_load:
             role.close()
         msgs.put(('ok', index, res))
     except BaseException as e:
