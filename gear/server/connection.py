@@ -100,11 +100,15 @@ class ServerConnection(NonBlockingConnection):
         self.fd = None
         # Server bookkeeping: the FunctionQueues of ``functions`` in
         # round-robin order, CAN_DO_TIMEOUT values (ms) by function, the
-        # poll mask in force, and TLS handshake state.
+        # poll mask in force, whether reading is paused, and TLS state.
         self._fqs = []
         self._timeouts = None
         self._events = 0
         self._paused = False  # reading stopped until replies are read
+        # A plain (not TLS) socket: the loop may read it directly.
+        self._plain = not use_ssl
+        # input_buffer holds the start of a message (the loop's flag).
+        self._partial = False
         self._handshaking = _tls_pending
         self._handshake_timer = None
         # Called with this connection when output is queued outside the
