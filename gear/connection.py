@@ -38,6 +38,8 @@ _WOULD_BLOCK_ERRNOS = frozenset(
 # need (plain TCP needs no lock around recv/send; see Connection._io_lock).
 _NO_LOCK = contextlib.nullcontext()
 
+_allocate_lock = threading.Lock
+
 
 class Task(object):
     """A request sent on one connection that awaits exactly one reply.
@@ -52,8 +54,14 @@ class Task(object):
     reply_type = None
 
     def __init__(self):
-        self._wait_event = threading.Event()
-        self._lock = threading.Lock()
+        # The waiter blocks on a plain lock created held, and whoever
+        # retires the task releases it: far cheaper than an Event (whose
+        # Condition allocates a second lock per wait), and a reply that
+        # arrived before wait() is seen through _done without blocking.
+        self._gate = _allocate_lock()
+        self._gate.acquire()
+        self._done = False
+        self._lock = _allocate_lock()
         self._answered = False
         #: True once the waiter gave up; a late reply is then consumed.
         self.abandoned = False
@@ -65,18 +73,43 @@ class Task(object):
     def __repr__(self):
         return '<gear.%s 0x%x>' % (type(self).__name__, id(self))
 
+    def _open(self):
+        # _done first: a waiter that wakes (or checks) sees it set.  A
+        # second call finds the gate open and changes nothing.
+        self._done = True
+        try:
+            self._gate.release()
+        except RuntimeError:
+            pass
+
     def setComplete(self):
-        self._wait_event.set()
+        self._open()
 
     def wait(self, timeout=None):
         """Wait for the reply; True if it came (or the task failed)."""
-        return self._wait_event.wait(timeout)
+        if self._done:
+            return True
+        gate = self._gate
+        if timeout is None:
+            got = gate.acquire()
+        elif timeout > 0:
+            got = gate.acquire(True, min(timeout, threading.TIMEOUT_MAX))
+        else:
+            got = gate.acquire(False)
+        if got:
+            # Leave the gate open for any other (or a repeated) wait.
+            try:
+                gate.release()
+            except RuntimeError:
+                pass
+            return True
+        return self._done
 
     def fail(self, error=None):
         self.failed = True
         if error is not None:
             self.error = error
-        self._wait_event.set()
+        self._open()
 
     def claim(self):
         """Called by the reply handler; False if the waiter gave up."""
@@ -89,7 +122,7 @@ class Task(object):
     def abandon(self):
         """Called by a waiter that timed out; False if the reply won."""
         with self._lock:
-            if self._answered or self._wait_event.is_set():
+            if self._answered or self._done:
                 return False
             self.abandoned = True
             return True
