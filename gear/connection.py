@@ -633,26 +633,35 @@ class Connection(object):
             sock = self.conn
             if sock is None:
                 raise ConnectionError("Not connected")
-            view = memoryview(data).cast('B')
+            # The usual case is one send of a whole bytes object: no
+            # memoryview and no clock reads until the socket is full.
+            view = data if type(data) is bytes else memoryview(data).cast('B')
             total = len(view)
             offset = 0
-            deadline = time.monotonic() + self.send_timeout
+            deadline = None
             while offset < total:
                 try:
                     with self._io_lock:
-                        sent = sock.send(view[offset:])
+                        sent = sock.send(view[offset:] if offset else view)
                 except (ssl.SSLError, OSError) as e:
                     want = _would_block(e)
                     if want is None:
                         raise
                     if want == 'again':
                         want = 'write'
+                    if deadline is None:
+                        deadline = time.monotonic() + self.send_timeout
                     self._waitForIO(sock, want, deadline)
                     continue
                 if not sent:
                     raise ConnectionError("Connection closed while sending")
                 offset += sent
-                deadline = time.monotonic() + self.send_timeout
+                if offset < total:
+                    # Partial send: slice without copying from now on,
+                    # and allow send_timeout from this progress.
+                    if type(view) is bytes:
+                        view = memoryview(view)
+                    deadline = None
 
     def sendPacket(self, packet):
         """Send a :class:`~gear.protocol.Packet`."""
