@@ -106,6 +106,10 @@ class BaseClientServer(object):
     reconnect_max_delay = 3.0
     #: Seconds shutdown() waits for each thread to finish.
     shutdown_join_timeout = 15.0
+    # False when the class keeps the default no-op reportTimingStats:
+    # unless an instance sets its own, handlePacket then skips reading
+    # the clock twice per packet.
+    _timed = True
 
     def __init__(self, client_id=None):
         if client_id:
@@ -130,6 +134,8 @@ class BaseClientServer(object):
         os.set_blocking(self.wake_read, False)
         os.set_blocking(self.wake_write, False)
         self._packet_handlers = self._buildPacketHandlers()
+        self._timed = (type(self).reportTimingStats is not
+                       BaseClientServer.reportTimingStats)
         self.poll_thread = threading.Thread(name="Gearman client poll",
                                             target=self._doPollLoop)
         self.poll_thread.daemon = True
@@ -291,15 +297,25 @@ class BaseClientServer(object):
         selector = selectors.DefaultSelector()
         selector.register(self.wake_read, selectors.EVENT_READ, None)
         watched = {}   # fd -> (connection, socket)
+        # Whoever changes active_connections wakes this thread through
+        # the pipe afterwards, so the list is read again only after such
+        # a wake-up (the pipe is drained before the list is read, so no
+        # change can be missed), not after every packet.
+        sync = True
         try:
             while self.running:
-                self._syncWatched(selector, watched)
+                if sync:
+                    self._syncWatched(selector, watched)
+                    sync = False
                 for key, _ in selector.select():
                     if key.data is None:
                         self._drainWake()
+                        sync = True
                         continue
                     conn, sock = key.data
                     if conn.conn is not sock:
+                        # Closed or replaced behind our back.
+                        sync = True
                         continue
                     self._readConnection(conn)
         finally:
@@ -379,6 +395,9 @@ class BaseClientServer(object):
         handler = self._packet_handlers.get(packet.ptype)
         if handler is None:
             handler = self._defaultPacketHandler
+        if not self._timed and 'reportTimingStats' not in self.__dict__:
+            handler(packet)
+            return
         start = time.monotonic()
         try:
             handler(packet)
