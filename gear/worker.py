@@ -215,6 +215,17 @@ class Worker(BaseClient):
 
     def _jobFinished(self, job):
         """A job sent its final packet: send any CANT_DO it held back."""
+        with self.job_lock:
+            if not self._deferred_cant_do:
+                # Nothing is held back, and _retireFunction only defers
+                # (under job_lock) while this job still counts as
+                # running: there is nothing to send, no connection gets
+                # unblocked and the grab demand is unchanged.
+                key = job._track_key
+                self._running[key] -= 1
+                if self._running[key] <= 0:
+                    del self._running[key]
+                return
         conn = job.connection
         with self.broadcast_lock:
             with self.job_lock:
@@ -283,8 +294,10 @@ class Worker(BaseClient):
                     if conn.state in (SLEEP, AWAKE):
                         conn.changeState(IDLE)
                 return
-            in_flight = sum(1 for conn in conns if conn.state == GRAB_WAIT)
-            demand = self.waiting_for_jobs - len(self.job_queue) - in_flight
+            demand = self.waiting_for_jobs - len(self.job_queue)
+            for conn in conns:
+                if conn.state == GRAB_WAIT:
+                    demand -= 1
             if demand <= 0:
                 return
             blocked = {id(key[0]) for key in self._deferred_cant_do}
@@ -379,11 +392,16 @@ class Worker(BaseClient):
             if conn.state == GRAB_WAIT:
                 conn.changeState(IDLE)
             self.job_queue.append(job)
-            # One job, one caller: waking them all would make the rest
-            # contend for the lock only to wait again.
-            self._job_available.notify()
-            self._grab_answered.notify_all()
-            self._updateStateMachines()
+            try:
+                self._updateStateMachines()
+            finally:
+                # Woken last, once the next grab is sent: a caller woken
+                # earlier would only block again on job_lock, held
+                # across that send.  One job, one caller: waking them
+                # all would make the rest contend for the lock only to
+                # wait again.
+                self._job_available.notify()
+                self._grab_answered.notify_all()
         return job
 
     # Taking jobs
@@ -404,10 +422,12 @@ class Worker(BaseClient):
                 raise InterruptedError()
             interrupts = self._interrupts
             self.waiting_for_jobs += 1
+            returning = False
             try:
                 self._updateStateMachines()
                 while True:
                     if self.job_queue:
+                        returning = True
                         return self.job_queue.popleft()
                     if not self.running or interrupts != self._interrupts:
                         raise InterruptedError()
@@ -420,7 +440,13 @@ class Worker(BaseClient):
                     self._job_available.wait(remaining)
             finally:
                 self.waiting_for_jobs -= 1
-                self._updateStateMachines()
+                if not returning or self.waiting_for_jobs <= 0:
+                    # Taking a queued job lowers the callers and the
+                    # queue by one each: the grab demand is unchanged,
+                    # and every event that could let a grab go out
+                    # (a connection idle or awake again, a CANT_DO
+                    # sent) runs the state machines itself.
+                    self._updateStateMachines()
 
     def stopWaitingForJobs(self):
         """Interrupt every waiting getJob() with InterruptedError.
