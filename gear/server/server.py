@@ -459,7 +459,6 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
             except InterruptedError:
                 continue
             with lock:
-                conn = None
                 for fd, ev in events:
                     conn = fdmap.get(fd)
                     if conn is None:
@@ -489,7 +488,7 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                 if self._store_acked:
                     self._commitStore()
                 if dirty:
-                    flush(dirty, conn)
+                    flush(dirty)
                 if self._draining and not self.queue.running:
                     self.running = False
 
@@ -880,22 +879,10 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
             self._setEvents(conn, _EV_WRITE if conn._paused
                             else _EV_READ | _EV_WRITE)
 
-    def _flushDirty(self, dirty, sender):
-        """The end of a loop turn: write what the turn queued.
-
-        The connection read last (``sender``; in a sequential exchange
-        the only one) gets its replies before others get what its
-        requests caused: a worker told NO_JOB goes back to sleep while
-        its result travels to the client, so the client's next job wakes
-        it at once rather than waiting for its PRE_SLEEP.
-        """
-        if sender is not None and sender.send_queue and \
-                not sender.closed:
-            if sender in dirty:  # not if only an old backlog is left
-                dirty.remove(sender)
-            self._flushConnection(sender)
-            if self._closing:
-                self._closeDeferred()
+    def _flushDirty(self, dirty):
+        """The end of a loop turn: write what the turn queued.  Usually
+        that is one connection's output, which needs no copy of the
+        list."""
         if len(dirty) == 1:
             conn = dirty.pop()
             if not conn.closed:
@@ -904,8 +891,7 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                 self._closeDeferred()
             if not dirty:
                 return
-        if dirty:
-            self._flushAllConnections()
+        self._flushAllConnections()
 
     def _flushAllConnections(self):
         # The list object is shared with the submit handlers: empty it in
