@@ -44,6 +44,8 @@ class FastPaths(object):
                     constants.SUBMIT_TYPES.items():
                 fast[ptype] = self._makeSubmitHandler(precedence,
                                                       background)
+        if not self._overridden('getJobForConnection'):
+            fast[constants.PRE_SLEEP] = self._makePreSleepHandler()
         fast[constants.GRAB_JOB] = self._makeGrabHandler(
             constants.JOB_ASSIGN)
         fast[constants.GRAB_JOB_UNIQ] = self._makeGrabHandler(
@@ -145,6 +147,27 @@ class FastPaths(object):
                 server._wakeFunction(fq)
             if server.stats is not None:
                 server._updateStats()
+
+        return handler
+
+    def _makePreSleepHandler(self):
+        """PRE_SLEEP: :meth:`handlePreSleep` without building a Packet,
+        for the default scheduler (an idle worker sends one per job)."""
+        server = self
+        q = self.queue
+        peek = q.peek
+
+        def handler(conn, payload):
+            conn.state = 'SLEEP'
+            fqs = conn._fqs
+            if fqs and not server._draining:
+                if q.epoch_count:
+                    server._promoteDue(fqs)
+                if peek(fqs) is not None:
+                    server._wakeOne(conn)
+                    return
+            for fq in fqs:
+                fq.sleepers[conn] = None
 
         return handler
 
