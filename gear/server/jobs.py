@@ -69,10 +69,7 @@ def _rare(name, default=None):
         return links.extra.get(name, default)
 
     def set(self, value):
-        links = self._linked()
-        if links.extra is None:
-            links.extra = {}
-        links.extra[name] = value
+        self._extras()[name] = value
 
     def delete(self):
         links = self._links
@@ -156,6 +153,13 @@ class CompactServerJob(object, metaclass=_JobClass):
         if links is None:
             links = self._links = JobLinks()
         return links
+
+    def _extras(self):
+        """The dict of rarely set fields, created on first need."""
+        links = self._linked()
+        if links.extra is None:
+            links.extra = {}
+        return links.extra
 
     @property
     def clients(self):
@@ -248,17 +252,11 @@ class CompactServerJob(object, metaclass=_JobClass):
     # written against gear's Job keeps working on ServerJob.
     @property
     def data(self):
-        links = self._linked()
-        if links.extra is None:
-            links.extra = {}
-        return links.extra.setdefault('data', [])
+        return self._extras().setdefault('data', [])
 
     @data.setter
     def data(self, value):
-        links = self._linked()
-        if links.extra is None:
-            links.extra = {}
-        links.extra['data'] = value
+        self._extras()['data'] = value
 
     @property
     def binary_name(self):
