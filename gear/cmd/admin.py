@@ -400,6 +400,15 @@ _ACL_GRANT_VERBS = ('register', 'invoke', 'grant')
 _ACL_REVOKE_VERBS = _ACL_GRANT_VERBS + ('all',)
 
 
+def _add_http_argument(parser, suppress):
+    parser.add_argument(
+        '--http', metavar='URL',
+        default=argparse.SUPPRESS if suppress else None,
+        help="read status, priority-status or workers from geard's "
+             "/api/status.json at URL (geard --http-port) instead of "
+             "the admin port")
+
+
 def build_parser():
     """The gear-admin argument parser.
 
@@ -407,6 +416,7 @@ def build_parser():
     """
     shared = argparse.ArgumentParser(add_help=False)
     common.add_server_arguments(shared, suppress=True)
+    _add_http_argument(shared, suppress=True)
     _add_output_arguments(shared, suppress=True)
 
     parser = argparse.ArgumentParser(
@@ -416,6 +426,7 @@ def build_parser():
         epilog=common.EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_server_arguments(parser)
+    _add_http_argument(parser, suppress=False)
     _add_output_arguments(parser, suppress=False)
     commands = parser.add_subparsers(dest='command', metavar='COMMAND')
     commands.required = True
@@ -537,9 +548,14 @@ def _watch(session, args, view_name):
 def _main(argv):
     args = parse_args(argv)
     common.setup_logging(PROG, args.verbose)
-    target = common.ServerTarget(args, connect_timeout=args.timeout)
-    conn = target.connect('gear-admin')
-    session = AdminSession(conn, target, args.timeout)
+    if args.http:
+        from gear.cmd import admin_http
+        session = admin_http.HTTPSession(args.http, args.command,
+                                         args.timeout)
+    else:
+        target = common.ServerTarget(args, connect_timeout=args.timeout)
+        conn = target.connect('gear-admin')
+        session = AdminSession(conn, target, args.timeout)
     try:
         view_name = _view_name(args)
         if args.watch is not None:

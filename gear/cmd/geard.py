@@ -159,6 +159,15 @@ def build_parser():
                         dest='allow_admin_shutdown', action='store_true',
                         help='let the "shutdown" admin command stop the '
                              'server')
+    parser.add_argument('--http-port', dest='http_port', type=_port,
+                        default=None, metavar='PORT',
+                        help='serve Prometheus /metrics, a dashboard at / '
+                             'and /api/status.json on this port (off by '
+                             'default; needs gear[metrics])')
+    parser.add_argument('--http-address', dest='http_address',
+                        default='127.0.0.1', metavar='ADDR',
+                        help='address the HTTP port listens on (default '
+                             '%(default)s)')
     parser.add_argument('--version', action='version',
                         version='Gear version: %s' % _version())
     return parser
@@ -218,6 +227,8 @@ def server_kwargs(args, acl=None):
         tcp_keepintvl=args.tcp_keepintvl, tcp_keepcnt=args.tcp_keepcnt,
         exceptions=args.exceptions,
         allow_admin_shutdown=args.allow_admin_shutdown)
+    if args.http_port is not None:
+        kwargs['metrics'] = True
     for name in ('job_retries', 'store', 'job_handle_prefix', 'backlog',
                  'worker_wakeup', 'max_packet_size', 'max_connections',
                  'max_output_buffer'):
@@ -304,6 +315,16 @@ def check_tls_files(args):
     except ssl.SSLError as e:
         raise StartupError('cannot load TLS CA certificate %s: %s'
                            % (args.ssl_ca, _ssl_reason(e)))
+
+
+def check_http(args):
+    """--http-port needs prometheus_client: say so before starting."""
+    if args.http_port is None:
+        return
+    from gear.server import exposition
+    missing = exposition.available()
+    if missing is not None:
+        raise StartupError('--http-port: %s' % missing)
 
 
 def _listen_label(args):
@@ -540,6 +561,7 @@ class Geard(object):
     def __init__(self, args):
         self.args = args
         self.server = None
+        self.http = None
         self._drain_thread = None
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
@@ -577,12 +599,28 @@ class Geard(object):
             raise
         except Exception as e:
             raise StartupError(describe_server_error(self.args, e))
+        if self.args.http_port is not None:
+            self._startHTTP()
         watcher = threading.Thread(target=self._watch, name='geard watcher',
                                    daemon=True)
         watcher.start()
         log.info('geard %s listening on %s port %s%s', _version(),
                  self.args.listen_address or 'all addresses',
                  self.server.port, ' (TLS)' if self.args.ssl_cert else '')
+        if self.http is not None:
+            log.info('Metrics at %smetrics, dashboard at %s',
+                     self.http.url, self.http.url)
+
+    def _startHTTP(self):
+        from gear.server.http import HTTPServer
+        try:
+            self.http = HTTPServer(self.server, self.args.http_address,
+                                   self.args.http_port).start()
+        except Exception as e:
+            self.server.shutdown()
+            raise StartupError('cannot serve HTTP on %s port %s: %s' % (
+                self.args.http_address, self.args.http_port,
+                getattr(e, 'strerror', None) or e))
 
     def _watch(self):
         thread = getattr(self.server, 'poll_thread', None)
@@ -670,6 +708,7 @@ def main(argv=None):
             log.warning('--acl without TLS: no connection has a subject, '
                         'so every ACL-controlled request will be denied')
         check_tls_files(args)
+        check_http(args)
         context = None
         if not args.nodaemon:
             check_port(args)

@@ -101,6 +101,8 @@ class AdminHandlers(object):
 
     def handleAdminRequest(self, request):
         """Answer one admin line; never drops the connection."""
+        # Tells the metrics' connection roles an admin from a client.
+        request.connection._admin = True
         command = request.command or b''
         if isinstance(command, str):
             command = command.encode('utf8', 'surrogateescape')

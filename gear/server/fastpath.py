@@ -92,6 +92,7 @@ class FastPaths(object):
         cls = self._job_class
         links = JobLinks
         state = _QUEUED | jobstates.flags(precedence, background)
+        metrics = self.metrics
 
         def handler(conn, payload):
             fields = payload.split(b'\x00', 2)
@@ -143,6 +144,9 @@ class FastPaths(object):
                 hdr = _created_header(len(handle))
             out += hdr
             out += handle
+            if metrics is not None:
+                metrics.submitted(fq.name, precedence)
+                metrics.packets_out += 1
             if fq.sleepers:
                 server._wakeFunction(fq)
             if server.stats is not None:
@@ -184,6 +188,7 @@ class FastPaths(object):
         pack_header = _pack_header
         done = jobstates.DONE
         background = jobstates.BACKGROUND
+        metrics = self.metrics
 
         def handler(conn, data):
             end = data.find(b'\x00')
@@ -197,8 +202,12 @@ class FastPaths(object):
                     (job._state & STATE) != RUNNING:
                 passthrough(ptype, True, conn, data)
                 return
+            if metrics is not None:
+                metrics.finished(job, job._fq.name, ptype)
             clients = links.clients
             if clients:
+                if metrics is not None:
+                    metrics.packets_out += len(clients)
                 header = pack_header(RES, ptype, len(data))
                 for c in clients:
                     out = c.send_queue
@@ -253,6 +262,7 @@ class FastPaths(object):
         uniq = constants.JOB_ASSIGN_UNIQ
         take = q.take
         new_links = JobLinks
+        metrics = self.metrics
 
         def handler(conn, payload):
             if conn.state == 'SLEEP':
@@ -281,6 +291,8 @@ class FastPaths(object):
                             else:
                                 links.worker = conn
                             conn.related_jobs[job.handle] = job
+                            if metrics is not None:
+                                metrics.started(job, job._fq.name)
                             if conn._timeouts or server.stats is not None:
                                 server._assignJob(conn, job)
             if job is None:
@@ -312,5 +324,7 @@ class FastPaths(object):
                 server._dirty.append(conn)
             out += pack_header(RES, ptype, len(data))
             out += data
+            if metrics is not None:
+                metrics.packets_out += 1
 
         return handler

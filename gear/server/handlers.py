@@ -205,6 +205,8 @@ class PacketHandlers(object):
         q.jobs[handle] = job
         if key is not None:
             fq.uniques[key] = job
+        if self.metrics is not None:
+            self.metrics.submitted(name, precedence)
         if when and when > time.time():
             q._park(job, fq, when)
             self._armEpochTimer(fq)
@@ -225,6 +227,8 @@ class PacketHandlers(object):
             hdr = _created_header(len(handle))
         out += hdr
         out += handle
+        if self.metrics is not None:
+            self.metrics.packets_out += 1
         if fq.sleepers:
             self._wakeFunction(fq)
         if self.stats is not None:
@@ -434,6 +438,8 @@ class PacketHandlers(object):
                 for c in clients:
                     self._send(c, out)
         if finished:
+            if self.metrics is not None:
+                self.metrics.finished(job, job.name, ptype)
             self._finishJob(job)
         return job
 

@@ -83,9 +83,12 @@ class Scheduling(object):
             self._finishJob(job)
             return
         limit = self.job_retries
+        metrics = self.metrics
         if limit is not None and job.retries > limit:
             self.log.info("Job %s failed after %d retries (%s)",
                           job.handle, job.retries, reason)
+            if metrics is not None:
+                metrics.gaveUp(job, job.name)
             if job.clients:
                 fail = pack(RES, constants.WORK_FAIL, job.handle)
                 for c in job.clients:
@@ -94,6 +97,8 @@ class Scheduling(object):
             return
         if self._debug:
             self.log.debug("Requeueing %s (%s)", job.handle, reason)
+        if metrics is not None:
+            metrics.requeued(job, job.name)
         self.queue.requeue(job)
         self._wakeFunction(job._fq)
 
@@ -101,6 +106,8 @@ class Scheduling(object):
         del job._timer
         if (job._state & STATE) == RUNNING:
             self.log.info("Job %s exceeded its worker's timeout", job.handle)
+            if self.metrics is not None:
+                self.metrics.timedOut(job, job.name)
             self._requeueJob(job, 'CAN_DO_TIMEOUT expired')
 
     # -- scheduling -----------------------------------------------------------
@@ -135,6 +142,8 @@ class Scheduling(object):
 
     def _assignJob(self, connection, job):
         """Bookkeeping for a job given to a worker; safe to repeat."""
+        if self.metrics is not None and (job._state & STATE) != RUNNING:
+            self.metrics.started(job, job.name)
         self.queue.start(job, connection)
         connection.related_jobs[job.handle] = job
         timeouts = connection._timeouts

@@ -38,6 +38,7 @@ from gear.server import admin as admin_mod
 from gear.server import fastpath
 from gear.server import handlers
 from gear.server import jobs as jobstates
+from gear.server import metrics as metrics_mod
 from gear.server import scheduling
 from gear.server import stats as stats_mod
 from gear.server.connection import (
@@ -112,6 +113,9 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         its handshake.
     :arg bool allow_admin_shutdown: let the ``shutdown`` admin command
         stop the server (off, as in gearmand >= 1.1.15).
+    :arg bool metrics: count and time jobs, packets and store commits in
+        :attr:`metrics` (a :class:`gear.server.metrics.Recorder`) for
+        :class:`gear.server.http.HTTPServer`; off: ``metrics`` is None.
     """
 
     if _HAS_EPOLL:
@@ -139,7 +143,8 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                  max_packet_size=DEFAULT_MAX_PACKET_SIZE,
                  max_connections=10000,
                  max_output_buffer=128 * 1024 * 1024,
-                 tls_handshake_timeout=10.0, allow_admin_shutdown=False):
+                 tls_handshake_timeout=10.0, allow_admin_shutdown=False,
+                 metrics=False):
         self.port = port
         self.host = host
         self.ssl_key = ssl_key
@@ -229,6 +234,8 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self._listener_closed = False
         self._loop_ident = None
         self._ssl_context = self._makeSSLContext() if self.use_ssl else None
+        self.metrics = metrics_mod.Recorder(prefix + b':') \
+            if metrics else None
         self._handlers = self._buildHandlers()
 
         self.socket = self._listen()
@@ -244,6 +251,8 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self.poll.register(self.connect_wake_read, _EV_READ)
 
         self._replay()
+        if self.metrics is not None:
+            self.metrics.start(self.queue.max_handle)
 
         self.poll_thread = threading.Thread(
             name='Gearman server poll', target=self._doPollLoop)
@@ -449,6 +458,8 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                       self._overridden('readFromConnection'))
         plain_read = _EV_READ
         recv_size = RECV_SIZE
+        metrics = self.metrics
+        queue = self.queue
         while self.running:
             timeout = -1
             if timers:
@@ -459,6 +470,8 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
             except InterruptedError:
                 continue
             with lock:
+                if metrics is not None:
+                    metrics.tick(queue.max_handle)
                 for fd, ev in events:
                     conn = fdmap.get(fd)
                     if conn is None:
@@ -505,9 +518,15 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
     def _commitStore(self):
         acked = self._store_acked
         self._store_acked = []
+        metrics = self.metrics
+        start = time.monotonic() if metrics is not None else 0.0
         try:
             self._store_flush()
+            if metrics is not None:
+                metrics.committed(time.monotonic() - start)
         except Exception:
+            if metrics is not None:
+                metrics.committed(time.monotonic() - start, False)
             self.log.exception("Job store commit failed; the clients of "
                                "this turn's background jobs are "
                                "disconnected instead of acknowledged")
@@ -666,11 +685,14 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         header as soon as the header is complete.  One function on
         purpose: every call costs when the turn starts with cold caches.
         """
+        messages = 0
+        received = len(data)
         try:
             buf = conn.input_buffer
             if conn._partial:
                 buf.feed(data)
                 if self._processBuffered(conn, buf):
+                    messages = 1
                     data = buf.unread()
                     buf.clear()
                     conn._partial = False
@@ -709,6 +731,7 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                         break
                     payload = data[pos + 12:stop]
                     pos = stop
+                    messages += 1
                     if request:
                         fast[ptype](conn, payload)
                     else:
@@ -724,10 +747,13 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                         break
                     line = data[pos:nl]
                     pos = nl + 1
+                    messages += 1
                     if line.endswith(b'\r'):
                         line = line[:-1]
                     self.handleAdminRequest(
                         ServerAdminRequest._fromLine(conn, line))
+            if self.metrics is not None:
+                self.metrics.received(received, messages)
             pending = len(conn.send_queue)
             if pending > self.output_high_water and not conn.closed:
                 if pending > self.max_output_buffer:
@@ -813,6 +839,8 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
     # -- writing --------------------------------------------------------------
 
     def _send(self, conn, data):
+        if self.metrics is not None:
+            self.metrics.packets_out += 1
         out = conn.send_queue
         if out:
             out += data
@@ -861,6 +889,8 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                 out.clear()
                 self._lostConnection(conn)
                 return
+        if self.metrics is not None:
+            self.metrics.bytes_out += sent
         if sent >= len(out):
             out.clear()
             if conn._events != _EV_READ:

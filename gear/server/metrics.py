@@ -1,0 +1,473 @@
+"""What the job server counts and times, for ``/metrics`` and the dashboard.
+
+:class:`Recorder` is told about every job transition by the server's loop
+thread.  Its work per job is a handful of integer increments into plain
+lists: no lock, no prometheus_client object, no logging.  Timings use the
+clock read once per loop turn (:meth:`Recorder.tick`), and a job's
+submission time is not stored on the job at all: the recorder keeps a
+short list of (highest job number, time) marks taken once per turn, and
+since the server numbers its handles in order, the mark just before a
+job's number says when it was created.  A queue of a million jobs thus
+costs no memory here; the price is that a wait is known to within a loop
+turn (:data:`MARK_RESOLUTION` while submissions stream in).
+
+:func:`snapshot` turns the server's queues, connections and the
+recorder's counters into plain data (dicts, lists, numbers, str).  It must
+run on the loop thread or under the server lock; the HTTP thread
+(:mod:`gear.server.http`) calls it under the lock with a bounded wait.
+:func:`collect` turns such a snapshot into Prometheus metric families.
+
+Call sites in the server (one line each, all behind ``if metrics``):
+
+* loop turn start: :meth:`Recorder.tick` (server.py ``_pollTurns``);
+* bytes and messages read: :meth:`Recorder.received` (``_processData``);
+* bytes sent: ``bytes_out`` (``_flushConnection``); packets queued for
+  sending: ``packets_out`` (``_send``, and the three fast paths that
+  write replies themselves);
+* a new job queued: :meth:`Recorder.submitted` (handlers ``_submit``,
+  fastpath submit handler);
+* a job handed to a worker: :meth:`Recorder.started` (scheduling
+  ``_assignJob``, fastpath grab handler);
+* a worker's WORK_COMPLETE / WORK_FAIL / WORK_EXCEPTION:
+  :meth:`Recorder.finished` (handlers ``_passthrough``, fastpath result
+  handler);
+* a job given back to its queue or failed after its retries:
+  :meth:`Recorder.requeued` / :meth:`Recorder.gaveUp` (scheduling
+  ``_requeueJob``); a CAN_DO_TIMEOUT: :meth:`Recorder.timedOut`
+  (scheduling ``_jobTimedOut``);
+* a store commit: :meth:`Recorder.committed` (server.py
+  ``_commitStore``).
+"""
+
+import bisect
+import collections
+import time
+
+from gear import constants
+from gear.server import jobs as jobstates
+
+NORMAL = constants.PRECEDENCE_NORMAL
+LOW = constants.PRECEDENCE_LOW
+HIGH = constants.PRECEDENCE_HIGH
+
+#: Upper bounds (seconds) of the wait and run time histogram buckets.
+TIME_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+               1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+#: Upper bounds (seconds) of the store commit latency buckets.
+COMMIT_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# Indexes into FunctionStats.counts.  The first three are the submissions
+# by precedence, indexed by the precedence constants themselves.
+SUBMITTED = (NORMAL, LOW, HIGH)
+STARTED = 3
+COMPLETED = 4
+FAILED = 5
+EXCEPTION = 6
+REQUEUED = 7
+TIMED_OUT = 8
+GAVE_UP = 9
+_NCOUNTS = 10
+
+#: Which counter a worker's final packet increments.
+RESULT_KINDS = {constants.WORK_COMPLETE: COMPLETED,
+                constants.WORK_FAIL: FAILED,
+                constants.WORK_EXCEPTION: EXCEPTION}
+
+#: Marks closer together than this (seconds) are not kept.
+MARK_RESOLUTION = 0.001
+#: Past this many marks the older half is thinned (every other one goes),
+#: so old jobs' ages get coarser while memory stays bounded.
+MAX_MARKS = 8192
+#: How often (seconds) tick() drops bookkeeping of jobs that are gone.
+SWEEP_INTERVAL = 10.0
+#: Samples kept for the dashboard's charts (one a second: ten minutes).
+HISTORY = 600
+#: How many of the oldest waiting jobs a snapshot lists.
+OLDEST = 20
+#: How many workers a snapshot lists (all are counted).
+MAX_WORKERS_LISTED = 500
+# How many dead entries at a FIFO's head a snapshot steps over.
+_HEAD_SCAN = 64
+
+_bisect = bisect.bisect_left
+_STATE = jobstates.STATE
+_RUNNING = jobstates.RUNNING
+_DONE = jobstates.DONE
+_QUEUED = jobstates.QUEUED
+PRIORITY_NAMES = {HIGH: 'high', NORMAL: 'normal', LOW: 'low'}
+
+
+class FunctionStats(object):
+    """Counters and time histograms of one function name."""
+
+    __slots__ = ('counts', 'wait', 'wait_sum', 'run', 'run_sum')
+
+    def __init__(self):
+        self.counts = [0] * _NCOUNTS
+        # One slot per bound plus one for +Inf; not cumulative.
+        self.wait = [0] * (len(TIME_BOUNDS) + 1)
+        self.wait_sum = 0.0
+        self.run = [0] * (len(TIME_BOUNDS) + 1)
+        self.run_sum = 0.0
+
+
+class Recorder(object):
+    """The server's counters; every method runs on the loop thread.
+
+    :arg handle_prefix: the server's handle prefix including the ``:``
+        before the number, to read a job's number from its handle.
+    :arg max_handle: the job counter at start (after a replay): jobs at
+        or below it count as created at start.
+    """
+
+    def __init__(self, handle_prefix=b'', max_handle=0,
+                 clock=time.monotonic):
+        self._clock = clock
+        self.now = clock()
+        self.started_at = self.now
+        self.started_wall = time.time()
+        self._plen = len(handle_prefix)
+        self.functions = {}       # name (bytes) -> FunctionStats
+        self._running = {}        # job -> time it was handed out
+        self._requeued = {}       # job -> time it was queued again
+        self._mark_n = [max_handle]
+        self._mark_t = [self.now]
+        self._last_n = max_handle
+        self._next_sweep = self.now + SWEEP_INTERVAL
+        self.done = 0             # jobs finished by workers, all functions
+        self.packets_in = 0
+        self.bytes_in = 0
+        self.packets_out = 0
+        self.bytes_out = 0
+        self.commits = [0] * (len(COMMIT_BOUNDS) + 1)
+        self.commit_sum = 0.0
+        self.commit_failures = 0
+
+    def start(self, max_handle):
+        """The server is ready (its stored jobs replayed): jobs numbered
+        up to ``max_handle`` count as created now."""
+        self.now = self._clock()
+        self._mark_n[:] = [max_handle]
+        self._mark_t[:] = [self.now]
+        self._last_n = max_handle
+
+    def stats(self, name):
+        """The FunctionStats of ``name``, created on first use."""
+        st = self.functions.get(name)
+        if st is None:
+            st = self.functions[name] = FunctionStats()
+        return st
+
+    # -- the loop ------------------------------------------------------------
+
+    def tick(self, max_handle):
+        """A loop turn starts: read the clock, mark new job numbers."""
+        now = self.now = self._clock()
+        if max_handle != self._last_n:
+            self._last_n = max_handle
+            marks_t = self._mark_t
+            if now - marks_t[-1] >= MARK_RESOLUTION:
+                # Jobs numbered above the previous mark's number were
+                # created before ``now``.
+                self._mark_n.append(max_handle)
+                marks_t.append(now)
+                if len(marks_t) > MAX_MARKS:
+                    self._thin()
+        if now >= self._next_sweep:
+            self._sweep()
+
+    def _thin(self):
+        half = len(self._mark_n) // 2
+        # Keep the first mark (the start) and every other one after it.
+        self._mark_n[1:half] = self._mark_n[2:half:2]
+        self._mark_t[1:half] = self._mark_t[2:half:2]
+
+    def _sweep(self):
+        """Forget jobs that ended by a path that does not report here
+        (cancelled, abandoned, dropped)."""
+        self._next_sweep = self.now + SWEEP_INTERVAL
+        for table, alive in ((self._running, _RUNNING),
+                             (self._requeued, _QUEUED)):
+            gone = [job for job in table if job._state & _STATE != alive]
+            for job in gone:
+                del table[job]
+
+    def received(self, nbytes, messages):
+        self.bytes_in += nbytes
+        self.packets_in += messages
+
+    def committed(self, seconds, ok=True):
+        """One store commit took ``seconds``."""
+        self.commits[_bisect(COMMIT_BOUNDS, seconds)] += 1
+        self.commit_sum += seconds
+        if not ok:
+            self.commit_failures += 1
+
+    # -- job transitions ---------------------------------------------------
+
+    def submitted(self, name, precedence):
+        """A new job was queued (coalesced submissions are not jobs)."""
+        st = self.functions.get(name)
+        if st is None:
+            st = self.stats(name)
+        st.counts[precedence] += 1
+
+    def createdAt(self, job):
+        """When ``job`` was created, from the marks (monotonic clock)."""
+        try:
+            n = int(job.handle[self._plen:])
+        except (ValueError, TypeError):
+            return self._mark_t[0]
+        i = _bisect(self._mark_n, n) - 1
+        return self._mark_t[i if i > 0 else 0]
+
+    def queuedSince(self, job):
+        """When ``job`` last entered its queue (creation, a requeue, or
+        its epoch time for a scheduled job)."""
+        since = None
+        if self._requeued:
+            since = self._requeued.get(job)
+        if since is None:
+            since = self.createdAt(job)
+            links = job._links
+            if links is not None and links.extra:
+                when = links.extra.get('when')
+                if when:
+                    due = self.now - (time.time() - when)
+                    if due > since:
+                        since = due
+        return since
+
+    def started(self, job, name):
+        """A worker was handed ``job``."""
+        now = self.now
+        st = self.functions.get(name)
+        if st is None:
+            st = self.stats(name)
+        st.counts[STARTED] += 1
+        since = None
+        if self._requeued:
+            since = self._requeued.pop(job, None)
+        if since is None:
+            since = self.queuedSince(job)
+        wait = now - since
+        if wait < 0.0:
+            wait = 0.0
+        st.wait[_bisect(TIME_BOUNDS, wait)] += 1
+        st.wait_sum += wait
+        self._running[job] = now
+
+    def finished(self, job, name, ptype):
+        """A worker sent the job's WORK_COMPLETE, WORK_FAIL or
+        WORK_EXCEPTION."""
+        st = self.functions.get(name)
+        if st is None:
+            st = self.stats(name)
+        st.counts[RESULT_KINDS[ptype]] += 1
+        self.done += 1
+        since = self._running.pop(job, None)
+        if since is not None:
+            run = self.now - since
+            if run < 0.0:
+                run = 0.0
+            st.run[_bisect(TIME_BOUNDS, run)] += 1
+            st.run_sum += run
+
+    def requeued(self, job, name):
+        """A job lost its worker and went back to its queue."""
+        self.stats(name).counts[REQUEUED] += 1
+        self._running.pop(job, None)
+        self._requeued[job] = self.now
+
+    def timedOut(self, job, name):
+        """A job overran its worker's CAN_DO_TIMEOUT."""
+        self.stats(name).counts[TIMED_OUT] += 1
+
+    def gaveUp(self, job, name):
+        """A job lost its worker once more than the retry limit allows."""
+        self.stats(name).counts[GAVE_UP] += 1
+        self._running.pop(job, None)
+
+
+# -- snapshots ----------------------------------------------------------------
+
+def _text(value):
+    if isinstance(value, bytes):
+        return value.decode('utf8', 'backslashreplace')
+    return str(value)
+
+
+def _histogram(bounds, buckets, total):
+    """Cumulative ``[[bound, count], ...]`` plus sum and count."""
+    out = []
+    running = 0
+    for bound, n in zip(bounds, buckets):
+        running += n
+        out.append([bound, running])
+    count = running + buckets[-1]
+    return {'buckets': out, 'sum': total, 'count': count}
+
+
+def _queue_head(fq, precedence):
+    """The first live job of one FIFO (its oldest), or None."""
+    if not fq.queued[precedence]:
+        return None
+    seen = 0
+    for job in fq.fifos[precedence]:
+        if job._state & _STATE == _QUEUED:
+            return job
+        seen += 1
+        if seen >= _HEAD_SCAN:
+            break
+    return None
+
+
+def _role(conn):
+    if conn.functions:
+        return 'worker'
+    if getattr(conn, '_admin', False):
+        return 'admin'
+    return 'client'
+
+
+def snapshot(server, recorder, version=None):
+    """Everything the dashboard and /metrics show, as plain data.
+
+    Runs on the loop thread or under ``server.lock``: it reads the
+    queues and connections directly.
+    """
+    now = recorder._clock()
+    q = server.queue
+    functions = []
+    oldest = []
+    names = set()
+    for name, fq in list(q.functions.items()):
+        names.add(name)
+        st = recorder.functions.get(name) or FunctionStats()
+        ages = {}
+        for p in (HIGH, NORMAL, LOW):
+            job = _queue_head(fq, p)
+            if job is None:
+                continue
+            age = max(0.0, now - recorder.queuedSince(job))
+            ages[p] = age
+            oldest.append((age, name, p, job.handle))
+        functions.append(_function_entry(
+            name, st, fq, max(ages.values()) if ages else 0.0))
+    for name, st in list(recorder.functions.items()):
+        if name not in names:
+            functions.append(_function_entry(name, st, None, 0.0))
+    functions.sort(key=lambda f: f['name'])
+    oldest.sort(key=lambda item: -item[0])
+
+    roles = {'client': 0, 'worker': 0, 'admin': 0}
+    workers = []
+    output_queued = 0
+    for conn in list(server.connection_map.values()):
+        role = _role(conn)
+        roles[role] += 1
+        output_queued += len(conn.send_queue)
+        if role == 'worker' and len(workers) < MAX_WORKERS_LISTED:
+            workers.append(_worker_entry(conn, recorder, now))
+    workers.sort(key=lambda w: (w['client_id'], w['fd']))
+
+    queued = q.queued
+    return {
+        'version': version,
+        'time': time.time(),
+        'uptime': now - recorder.started_at,
+        'up': bool(server.running),
+        'totals': {
+            'queued': {'high': queued[HIGH], 'normal': queued[NORMAL],
+                       'low': queued[LOW]},
+            'waiting': queued[0] + queued[1] + queued[2],
+            'scheduled': q.epoch_count,
+            'running': q.running,
+            'jobs': len(q.jobs),
+            'done': recorder.done,
+            'functions': len(q.functions),
+        },
+        'functions': functions,
+        'workers': workers,
+        'oldest': [{'function': _text(name), 'priority': PRIORITY_NAMES[p],
+                    'handle': _text(handle), 'age': age}
+                   for age, name, p, handle in oldest[:OLDEST]],
+        'connections': roles,
+        'io': {'packets_in': recorder.packets_in,
+               'packets_out': recorder.packets_out,
+               'bytes_in': recorder.bytes_in,
+               'bytes_out': recorder.bytes_out,
+               'output_queued_bytes': output_queued},
+        'store': {
+            'persistent': bool(getattr(server, '_persist', False)),
+            'commit_failures': recorder.commit_failures,
+            'commit_seconds': _histogram(COMMIT_BOUNDS, recorder.commits,
+                                         recorder.commit_sum)},
+    }
+
+
+def _function_entry(name, st, fq, oldest_age):
+    c = st.counts
+    entry = {
+        'name': _text(name),
+        'present': fq is not None,
+        'queued': {'high': 0, 'normal': 0, 'low': 0},
+        'scheduled': 0, 'running': 0, 'workers': 0, 'total': 0,
+        'oldest_age': oldest_age,
+        'submitted': {'high': c[HIGH], 'normal': c[NORMAL], 'low': c[LOW]},
+        'started': c[STARTED], 'completed': c[COMPLETED],
+        'failed': c[FAILED], 'exception': c[EXCEPTION],
+        'requeued': c[REQUEUED], 'timed_out': c[TIMED_OUT],
+        'retries_exhausted': c[GAVE_UP],
+        'wait_seconds': _histogram(TIME_BOUNDS, st.wait, st.wait_sum),
+        'run_seconds': _histogram(TIME_BOUNDS, st.run, st.run_sum),
+    }
+    if fq is not None:
+        entry['queued'] = {'high': fq.queued[HIGH],
+                           'normal': fq.queued[NORMAL],
+                           'low': fq.queued[LOW]}
+        entry['scheduled'] = fq.epoch_count
+        entry['running'] = fq.running
+        entry['workers'] = fq.workers
+        entry['total'] = fq.total
+    return entry
+
+
+def _worker_entry(conn, recorder, now):
+    jobs = []
+    for job in list(conn.related_jobs.values())[:16]:
+        if job.worker_connection is conn and \
+                job._state & _STATE == _RUNNING:
+            since = recorder._running.get(job)
+            jobs.append({'handle': _text(job.handle),
+                         'function': _text(job.name),
+                         'running_for': (now - since if since is not None
+                                         else None)})
+    return {'fd': conn.fd if conn.fd is not None else -1,
+            'host': _text(conn.host),
+            'client_id': _text(conn.client_id or b'-'),
+            'functions': sorted(_text(f) for f in conn.functions),
+            'jobs': jobs}
+
+
+def totals(server, recorder):
+    """(waiting, running, done): cheap reads for the chart sampler, safe
+    from any thread (each is one int read under the GIL)."""
+    q = server.queue
+    queued = q.queued
+    return (queued[0] + queued[1] + queued[2] + q.epoch_count, q.running,
+            recorder.done)
+
+
+class History(object):
+    """A ring of (wall time, waiting, running, done) samples."""
+
+    def __init__(self, size=HISTORY):
+        self.samples = collections.deque(maxlen=size)
+
+    def add(self, sample):
+        self.samples.append(sample)
+
+    def list(self):
+        return [list(s) for s in list(self.samples)]
