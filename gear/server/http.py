@@ -48,15 +48,21 @@ def _version():
         return 'unknown'
 
 
+# The stages of a client connection.
+_READING = 0    # reading the request head
+_WRITING = 1    # sending the answer
+_LINGERING = 2  # answer sent: discard input until the peer closes
+
+
 class _Client(object):
-    __slots__ = ('sock', 'inbuf', 'outbuf', 'deadline', 'writing')
+    __slots__ = ('sock', 'inbuf', 'outbuf', 'deadline', 'stage')
 
     def __init__(self, sock, deadline):
         self.sock = sock
         self.inbuf = bytearray()
         self.outbuf = None
         self.deadline = deadline
-        self.writing = False
+        self.stage = _READING
 
 
 class StatusSource(object):
@@ -271,7 +277,7 @@ class HTTPServer(object):
             self._selector.register(sock, selectors.EVENT_READ, client)
 
     def _serve(self, client, events):
-        if client.writing:
+        if client.stage == _WRITING:
             self._write(client)
             return
         try:
@@ -283,6 +289,8 @@ class HTTPServer(object):
             return
         if not data:
             self._drop(client)
+            return
+        if client.stage == _LINGERING:
             return
         client.inbuf += data
         end = client.inbuf.find(b'\r\n\r\n')
@@ -343,7 +351,7 @@ class HTTPServer(object):
                       len(body))).encode('ascii')
         client.outbuf = memoryview(header + extra + b'\r\n' +
                                    (b'' if head else body))
-        client.writing = True
+        client.stage = _WRITING
         try:
             self._selector.modify(client.sock, selectors.EVENT_WRITE, client)
         except (KeyError, ValueError, OSError):
@@ -361,11 +369,18 @@ class HTTPServer(object):
             return
         client.outbuf = client.outbuf[sent:]
         if not len(client.outbuf):
+            # Closing with unread input would reset the connection and
+            # could destroy the answer before the peer reads it: end our
+            # side, then wait (up to the deadline) for the peer's close.
+            client.stage = _LINGERING
+            client.outbuf = None
+            client.inbuf = None
             try:
                 client.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            self._drop(client)
+                self._selector.modify(client.sock, selectors.EVENT_READ,
+                                      client)
+            except (KeyError, ValueError, OSError):
+                self._drop(client)
 
     def _expire(self, now):
         late = [c for c in self._clients.values() if c.deadline <= now]

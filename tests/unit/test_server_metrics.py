@@ -1,0 +1,201 @@
+"""The metrics recorder, snapshots and their exposition, without sockets."""
+
+import types
+
+import testtools
+
+from gear import constants
+from gear.cmd import _common as common
+from gear.cmd import admin_http
+from gear.server import exposition
+from gear.server import metrics
+from gear.server.jobs import CompactServerJob
+from gear.server.queue import JobQueue
+
+PREFIX = b'H:test:'
+NORMAL = constants.PRECEDENCE_NORMAL
+HIGH = constants.PRECEDENCE_HIGH
+LOW = constants.PRECEDENCE_LOW
+
+
+class Clock(object):
+    def __init__(self, now=100.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+class Server(object):
+    """What metrics.snapshot reads of a server."""
+
+    def __init__(self):
+        self.queue = JobQueue(PREFIX)
+        self.connection_map = {}
+        self.running = True
+        self._persist = False
+
+    def submit(self, recorder, name, precedence=NORMAL):
+        q = self.queue
+        n = q.nextHandleNumber()
+        fq = q.function(name)
+        job = CompactServerJob._new(PREFIX + b'%d' % n, name, b'x', None,
+                                    None, precedence, True, fq)
+        q.add(job, fq)
+        recorder.submitted(name, precedence)
+        return job
+
+    def start(self, recorder, job):
+        recorder.started(job, job.name)
+        self.queue.detach(job)
+        self.queue.start(job, None)
+
+
+class RecorderTestCase(testtools.TestCase):
+
+    def setUp(self):
+        super(RecorderTestCase, self).setUp()
+        self.clock = Clock()
+        self.server = Server()
+        self.recorder = metrics.Recorder(PREFIX, 0, clock=self.clock)
+
+    def tick(self, seconds=0.0):
+        self.clock.now += seconds
+        self.recorder.tick(self.server.queue.max_handle)
+
+    def test_wait_comes_from_the_turn_a_job_was_created_in(self):
+        self.tick()
+        first = self.server.submit(self.recorder, b'fn')
+        self.tick(2.0)
+        second = self.server.submit(self.recorder, b'fn')
+        self.tick(0.5)
+        self.assertEqual(100.0, self.recorder.createdAt(first))
+        self.assertEqual(102.0, self.recorder.createdAt(second))
+        self.server.start(self.recorder, first)
+        self.server.start(self.recorder, second)
+        st = self.recorder.functions[b'fn']
+        self.assertEqual(2, st.counts[metrics.STARTED])
+        self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(2.5)])
+        self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(0.5)])
+        self.assertAlmostEqual(3.0, st.wait_sum)
+
+    def test_run_time_and_result_kinds(self):
+        self.tick()
+        jobs = [self.server.submit(self.recorder, b'fn') for _ in range(3)]
+        for job in jobs:
+            self.server.start(self.recorder, job)
+        self.tick(0.02)
+        for job, ptype in zip(jobs, (constants.WORK_COMPLETE,
+                                     constants.WORK_FAIL,
+                                     constants.WORK_EXCEPTION)):
+            self.recorder.finished(job, b'fn', ptype)
+        st = self.recorder.functions[b'fn']
+        for kind in (metrics.COMPLETED, metrics.FAILED, metrics.EXCEPTION):
+            self.assertEqual(1, st.counts[kind])
+        self.assertEqual(3, st.run[metrics.TIME_BOUNDS.index(0.025)])
+        self.assertEqual(3, self.recorder.done)
+        self.assertEqual({}, self.recorder._running)
+
+    def test_a_requeued_job_waits_from_its_requeue(self):
+        self.tick()
+        job = self.server.submit(self.recorder, b'fn')
+        self.server.start(self.recorder, job)
+        self.tick(60.0)
+        self.recorder.requeued(job, b'fn')
+        self.server.queue.requeue(job)
+        self.tick(0.004)
+        self.server.start(self.recorder, job)
+        st = self.recorder.functions[b'fn']
+        self.assertEqual(1, st.counts[metrics.REQUEUED])
+        self.assertEqual(2, sum(st.wait))
+        self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(0.005)])
+
+    def test_marks_stay_bounded_and_keep_the_start(self):
+        self.tick()
+        for _ in range(3 * metrics.MAX_MARKS):
+            self.server.queue.max_handle += 1
+            self.tick(metrics.MARK_RESOLUTION)
+        self.assertLessEqual(len(self.recorder._mark_n), metrics.MAX_MARKS)
+        self.assertEqual(0, self.recorder._mark_n[0])
+        self.assertEqual(sorted(self.recorder._mark_n),
+                         self.recorder._mark_n)
+        # The newest marks are exact.
+        job = types.SimpleNamespace(
+            handle=PREFIX + b'%d' % self.server.queue.max_handle)
+        self.assertAlmostEqual(
+            self.clock.now - metrics.MARK_RESOLUTION,
+            self.recorder.createdAt(job))
+
+    def test_foreign_handles_count_from_the_start(self):
+        self.tick(5.0)
+        job = types.SimpleNamespace(handle=b'elsewhere:abc')
+        self.assertEqual(100.0, self.recorder.createdAt(job))
+
+    def test_the_sweep_forgets_jobs_that_ended_elsewhere(self):
+        self.tick()
+        job = self.server.submit(self.recorder, b'fn')
+        self.server.start(self.recorder, job)
+        self.server.queue.remove(job)   # e.g. a cancel
+        self.assertIn(job, self.recorder._running)
+        self.tick(metrics.SWEEP_INTERVAL)
+        self.assertNotIn(job, self.recorder._running)
+
+    def test_snapshot_and_exposition(self):
+        self.tick()
+        for precedence in (HIGH, NORMAL, NORMAL, LOW):
+            self.server.submit(self.recorder, b'fn\xff', precedence)
+        self.tick(3.0)
+        self.recorder.committed(0.002)
+        snap = metrics.snapshot(self.server, self.recorder, '1.2.3')
+        (f,) = snap['functions']
+        self.assertEqual('fn\\xff', f['name'])
+        self.assertEqual({'high': 1, 'normal': 2, 'low': 1}, f['queued'])
+        self.assertEqual(3.0, f['oldest_age'])
+        self.assertEqual(3, len(snap['oldest']))
+        self.assertEqual(4, snap['totals']['waiting'])
+
+        from prometheus_client.parser import text_string_to_metric_families
+        text = exposition.render(snap).decode('utf8')
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for fam in text_string_to_metric_families(text)
+                   for s in fam.samples}
+        fn = (('function', 'fn\\xff'),)
+        self.assertEqual(4, samples[('gearman_jobs', fn)])
+        self.assertEqual(2, samples[('gearman_jobs_queued',
+                                     (('function', 'fn\\xff'),
+                                      ('priority', 'normal')))])
+        self.assertEqual(1, samples[('gearman_version_info',
+                                     (('version', '1.2.3'),))])
+        self.assertEqual(1, samples[('gearman_store_commit_seconds_count',
+                                     ())])
+
+
+class AdminHTTPTestCase(testtools.TestCase):
+
+    def test_status_url(self):
+        self.assertEqual('http://h:8/api/status.json',
+                         admin_http.status_url('http://h:8'))
+        self.assertEqual('http://h:8/x/api/status.json',
+                         admin_http.status_url('http://h:8/x/'))
+        self.assertEqual('http://h:8/api/status.json',
+                         admin_http.status_url(
+                             'http://h:8/api/status.json'))
+        self.assertRaises(common.CliError, admin_http.status_url, 'h:8')
+
+    def test_rows_have_the_admin_reply_shapes(self):
+        status = {
+            'functions': [
+                {'name': 'a', 'present': True, 'total': 3, 'running': 1,
+                 'workers': 2, 'scheduled': 1,
+                 'queued': {'high': 1, 'normal': 0, 'low': 0}},
+                {'name': 'gone', 'present': False, 'total': 0,
+                 'running': 0, 'workers': 0, 'scheduled': 0,
+                 'queued': {'high': 0, 'normal': 0, 'low': 0}}],
+            'workers': [{'fd': 7, 'host': '::1', 'client_id': 'w',
+                         'functions': ['a'], 'jobs': []}]}
+        self.assertEqual([('a', 3, 1, 2)],
+                         admin_http.rows('status', status))
+        self.assertEqual([('a', 1, 1, 0, 2)],
+                         admin_http.rows('priority-status', status))
+        self.assertEqual([(7, '::1', 'w', ('a',))],
+                         admin_http.rows('workers', status))
