@@ -34,6 +34,7 @@ from gear import constants
 from gear.base import PACKET_HANDLERS, BaseClientServer
 from gear.errors import ConfigurationError, ProtocolError
 from gear.protocol import DEFAULT_MAX_PACKET_SIZE, Packet
+from gear.server import accepting
 from gear.server import admin as admin_mod
 from gear.server import fastpath
 from gear.server import handlers
@@ -165,7 +166,8 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self.backlog = max(1, int(backlog))
         self.worker_wakeup = max(0, int(worker_wakeup or 0))
         self.max_packet_size = int(max_packet_size)
-        self.max_connections = int(max_connections)
+        self.max_connections = accepting.clamp_max_connections(
+            int(max_connections), self.log)
         self.max_output_buffer = max(int(max_output_buffer),
                                      self.max_packet_size + 1024)
         # Reading from a peer pauses above the high-water mark and
@@ -243,6 +245,7 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self.poll = Poller(_HAS_EPOLL)
         self._listen_fd = self.socket.fileno()
         self.poll.register(self._listen_fd, _EV_READ)
+        self._accept_throttle = accepting.AcceptThrottle(self)
         self.connect_wake_read, self.connect_wake_write = os.pipe()
         os.set_blocking(self.connect_wake_read, False)
         os.set_blocking(self.connect_wake_write, False)
@@ -562,12 +565,11 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
             except OSError as e:
                 if e.errno in _WOULD_BLOCK:
                     return
-                self.log.warning("accept() failed: %s", e)
+                self._accept_throttle.acceptFailed(e)
                 return
             if len(self.connection_map) >= self.max_connections:
-                self.log.warning("Too many connections; closing one from %s",
-                                 addr)
                 sock.close()
+                self._accept_throttle.overLimit()
                 continue
             try:
                 self._registerConnection(sock, addr)
