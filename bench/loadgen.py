@@ -36,6 +36,7 @@ if __package__ in (None, ''):  # run as a script: make the repo importable
         os.path.abspath(__file__))))
 
 from bench import library  # noqa: E402
+from bench import scraper  # noqa: E402
 from bench import servers as servers_mod  # noqa: E402
 from gear import constants as C  # noqa: E402
 from gear.protocol import InputBuffer, pack  # noqa: E402
@@ -1027,7 +1028,10 @@ def run_one(scenario, server, opts, round_no, load='raw'):
     run_opts.load = load
     try:
         with server:
-            record.update(RUNNERS[scenario](server, run_opts, n))
+            with scraper.Scraping(server, opts.scrape_interval) as scraping:
+                record.update(RUNNERS[scenario](server, run_opts, n))
+            if scraping.result is not None:
+                record['scraper'] = scraping.result
         record['verified'] = True
     except servers_mod.ServerUnavailable as e:
         record.update(skipped=str(e))
@@ -1099,6 +1103,11 @@ def parse_args(argv=None):
                    help='PID of that server, for CPU and memory figures')
     p.add_argument('--gear016-python', default=None,
                    help='Python of a separate environment with gear 0.16')
+    p.add_argument('--scrape-interval', type=float, default=None,
+                   metavar='SECONDS',
+                   help='for servers with an HTTP side (geard-http): GET '
+                        '/metrics every SECONDS from a separate process '
+                        'while the scenario runs (0: back to back)')
     p.add_argument('--load', choices=LOADS + ('both',), default='raw',
                    help='load processes: raw sockets (default), gear.Client'
                    ' and gear.Worker ("library"), or both in turn')

@@ -24,7 +24,8 @@ STOP_TIMEOUT = 5.0
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Names accepted by --servers.
-KNOWN_SERVERS = ('geard', 'gearmand', 'gearmand-mt', 'gear016')
+KNOWN_SERVERS = ('geard', 'gearmand', 'gearmand-mt', 'gear016',
+                 'geard-http')
 
 _CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
 
@@ -152,6 +153,8 @@ class ManagedServer(object):
     """One server child process on a fresh loopback port."""
 
     managed = True
+    # The port of the server's HTTP side, for servers that have one.
+    http_port = None
 
     def __init__(self, name, argv_for_port, cwd=None, env=None,
                  host=HOST, tmpdir=None):
@@ -279,6 +282,24 @@ def check_geard():
                                 % (type(e).__name__, e))
 
 
+def _geard_http(name):
+    """geard with its metrics and dashboard port open (--http-port)."""
+    check_geard()
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise ServerUnavailable('%s: prometheus_client is not installed'
+                                % name)
+    plain, tmpdir = _python_server(name, sys.executable)
+
+    def argv(port):
+        server.http_port = free_port()
+        return plain(port) + ['--http-port', str(server.http_port)]
+    server = ManagedServer(name, argv, cwd=REPO_ROOT,
+                           env=_clean_env(REPO_ROOT), tmpdir=tmpdir)
+    return server
+
+
 def make_server(name, gear016_python=None):
     """Build (but do not start) the named server.
 
@@ -299,6 +320,8 @@ def make_server(name, gear016_python=None):
         argv, tmpdir = _python_server(name, sys.executable)
         return ManagedServer(name, argv, cwd=REPO_ROOT,
                              env=_clean_env(REPO_ROOT), tmpdir=tmpdir)
+    if name == 'geard-http':
+        return _geard_http(name)
     if name == 'gear016':
         if not gear016_python:
             raise ServerUnavailable(
