@@ -96,7 +96,6 @@ svg { width: 100%; height: 150px; display: block; }
 </main>
 <script>
 "use strict";
-var previous = null;
 var REFRESH_MS = 2000;
 
 function el(tag, text, cls) {
@@ -115,7 +114,6 @@ function fmtAge(s) {
 function fmtNum(n) { return Number(n).toLocaleString("en-US"); }
 function fmtRate(r) { return r < 10 ? r.toFixed(1) : fmtNum(Math.round(r)); }
 function sum(o) { return o.high + o.normal + o.low; }
-function finished(f) { return f.completed + f.failed + f.exception; }
 function fillBody(table, rows) {
   var body = table.tBodies[0];
   var fresh = document.createElement("tbody");
@@ -172,11 +170,6 @@ function drawCharts(samples) {
   return rates.length ? rates[rates.length - 1] : 0;
 }
 function render(s) {
-  var dt = previous ? s.time - previous.time : 0;
-  var before = {};
-  if (previous) previous.functions.forEach(function (f) {
-    before[f.name] = finished(f);
-  });
   var rate = drawCharts(s.history.samples);
   document.getElementById("t-waiting").textContent = fmtNum(
     s.totals.waiting + s.totals.scheduled);
@@ -195,16 +188,14 @@ function render(s) {
 
   fillBody(document.getElementById("functions"), s.functions.map(
     function (f) {
-      var done = finished(f);
-      var fr = (dt > 0 && f.name in before) ? (done - before[f.name]) / dt
-               : 0;
       var waiting = sum(f.queued) + f.scheduled;
       var cls = (waiting > 0 && f.workers === 0) ? "alert" : "";
       return row([el("td", f.name, "name"), el("td", fmtNum(waiting)),
         el("td", fmtNum(f.queued.high)), el("td", fmtNum(f.queued.normal)),
         el("td", fmtNum(f.queued.low)), el("td", fmtNum(f.scheduled)),
         el("td", fmtNum(f.running)), el("td", fmtNum(f.workers)),
-        el("td", fmtRate(Math.max(0, fr))), el("td", fmtNum(f.completed)),
+        el("td", fmtRate(f.rate || 0)),
+        el("td", fmtNum(f.completed)),
         el("td", fmtNum(f.failed)), el("td", fmtNum(f.exception)),
         el("td", fmtNum(f.requeued)),
         el("td", waiting ? fmtAge(f.oldest_age) : "-")], cls);
@@ -230,7 +221,6 @@ function render(s) {
     " worker, " + s.connections.admin + " admin; store commits " +
     fmtNum(s.store.commit_seconds.count) + " (" +
     s.store.commit_failures + " failed)";
-  previous = s;
   document.body.setAttribute("data-updates",
     String(Number(document.body.getAttribute("data-updates") || 0) + 1));
 }

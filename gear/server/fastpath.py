@@ -13,6 +13,7 @@ import struct
 
 from gear import constants
 from gear.server import jobs as jobstates
+from gear.server import metrics as metrics_mod
 from gear.server.jobs import JobLinks
 from gear.server.util import (
     MAX_UNIQUE, _CREATED_HEADERS, _NO_JOB, _CloseConnection,
@@ -145,7 +146,7 @@ class FastPaths(object):
             out += hdr
             out += handle
             if metrics is not None:
-                metrics.submitted(fq.name, precedence)
+                metrics.submitted(fq, precedence)
                 metrics.packets_out += 1
             if fq.sleepers:
                 server._wakeFunction(fq)
@@ -189,6 +190,7 @@ class FastPaths(object):
         done = jobstates.DONE
         background = jobstates.BACKGROUND
         metrics = self.metrics
+        kind = metrics_mod.RESULT_KINDS[ptype]
 
         def handler(conn, data):
             end = data.find(b'\x00')
@@ -203,7 +205,7 @@ class FastPaths(object):
                 passthrough(ptype, True, conn, data)
                 return
             if metrics is not None:
-                metrics.finished(job, job._fq.name, ptype)
+                metrics.finished(job, kind)
             clients = links.clients
             if clients:
                 if metrics is not None:
@@ -292,7 +294,7 @@ class FastPaths(object):
                                 links.worker = conn
                             conn.related_jobs[job.handle] = job
                             if metrics is not None:
-                                metrics.started(job, job._fq.name)
+                                metrics.started(job)
                             if conn._timeouts or server.stats is not None:
                                 server._assignJob(conn, job)
             if job is None:

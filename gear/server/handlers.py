@@ -11,6 +11,7 @@ import time
 from gear import constants
 from gear.protocol import pack
 from gear.server import jobs as jobstates
+from gear.server import metrics as metrics_mod
 from gear.server.jobs import JobLinks
 from gear.server.queue import unique_key
 from gear.server.util import (
@@ -206,7 +207,7 @@ class PacketHandlers(object):
         if key is not None:
             fq.uniques[key] = job
         if self.metrics is not None:
-            self.metrics.submitted(name, precedence)
+            self.metrics.submitted(fq, precedence)
         if when and when > time.time():
             q._park(job, fq, when)
             self._armEpochTimer(fq)
@@ -439,7 +440,7 @@ class PacketHandlers(object):
                     self._send(c, out)
         if finished:
             if self.metrics is not None:
-                self.metrics.finished(job, job.name, ptype)
+                self.metrics.finished(job, metrics_mod.RESULT_KINDS[ptype])
             self._finishJob(job)
         return job
 

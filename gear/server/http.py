@@ -15,6 +15,7 @@ closed at once.  The same thread samples the queue depth and completed
 jobs once a second for the dashboard's charts.
 """
 
+import collections
 import errno
 import json
 import logging
@@ -31,6 +32,8 @@ log = logging.getLogger('gear.Server.http')
 
 MAX_REQUEST = 8192
 SAMPLE_INTERVAL = 1.0
+# Per-function throughput is averaged over this many samples.
+RATE_SAMPLES = 10
 # How often slow clients are looked for (their timeout is this coarse).
 EXPIRY_CHECK = 0.5
 
@@ -79,6 +82,7 @@ class StatusSource(object):
         self.max_age = max_age
         self.wait = wait
         self.history = metrics_mod.History()
+        self._finished = collections.deque(maxlen=RATE_SAMPLES + 1)
         self.version = _version()
         self._snap = None
         self._taken = None
@@ -97,7 +101,21 @@ class StatusSource(object):
         snap['up'] = snap['up'] and server.poll_thread.is_alive()
         snap['history'] = {'interval': SAMPLE_INTERVAL,
                            'samples': self.history.list()}
+        rates = self._rates()
+        for f in snap['functions']:
+            f['rate'] = rates.get(f['name'], 0.0)
         return snap
+
+    def _rates(self):
+        """Jobs finished per second by function, over the last
+        RATE_SAMPLES samples."""
+        if len(self._finished) < 2:
+            return {}
+        (t0, old), (t1, new) = self._finished[0], self._finished[-1]
+        if t1 <= t0:
+            return {}
+        return {name: max(0, done - old.get(name, 0)) / (t1 - t0)
+                for name, done in new.items()}
 
     def current(self):
         """The newest snapshot (maybe a stale one, marked ``stale``)."""
@@ -130,8 +148,11 @@ class StatusSource(object):
             return body
 
     def sample(self):
+        recorder = self.server.metrics
         self.history.add((round(time.time(), 3),) + metrics_mod.totals(
-            self.server, self.server.metrics))
+            self.server, recorder))
+        self._finished.append((time.monotonic(),
+                               metrics_mod.finished_by_function(recorder)))
 
 
 def _json(snap):

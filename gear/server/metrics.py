@@ -1,29 +1,34 @@
 """What the job server counts and times, for ``/metrics`` and the dashboard.
 
 :class:`Recorder` is told about every job transition by the server's loop
-thread.  Its work per job is a handful of integer increments into plain
-lists: no lock, no prometheus_client object, no logging.  Timings use the
-clock read once per loop turn (:meth:`Recorder.tick`), and a job's
-submission time is not stored on the job at all: the recorder keeps a
-short list of (highest job number, time) marks taken once per turn, and
-since the server numbers its handles in order, the mark just before a
-job's number says when it was created.  A queue of a million jobs thus
-costs no memory here; the price is that a wait is known to within a loop
-turn (:data:`MARK_RESOLUTION` while submissions stream in).
+thread.  Its work per transition is a method call, a few integer
+increments into plain lists and, for timings, a clock read: no lock, no
+prometheus_client object, no logging.  Counters live in a
+:class:`FunctionStats` that the function's queue points to, so no name
+is looked up either.  Histograms are filled when a worker finishes a job
+(wait and run time together), with fixed bucket bounds.
+
+A job's submission time is not stored on the job: the server numbers its
+handles in order, so the recorder keeps a short list of (highest job
+number, time) marks, one per loop turn in which jobs were created, and
+the mark before a job's number says when it was created.  A queue of a
+million jobs costs no memory here; a wait is known to within a loop turn
+(at most :data:`MARK_RESOLUTION` while submissions stream in).
 
 :func:`snapshot` turns the server's queues, connections and the
 recorder's counters into plain data (dicts, lists, numbers, str).  It must
 run on the loop thread or under the server lock; the HTTP thread
 (:mod:`gear.server.http`) calls it under the lock with a bounded wait.
-:func:`collect` turns such a snapshot into Prometheus metric families.
+:mod:`gear.server.exposition` turns a snapshot into Prometheus metrics.
 
-Call sites in the server (one line each, all behind ``if metrics``):
+Call sites in the server (each behind ``if metrics is not None``):
 
-* loop turn start: :meth:`Recorder.tick` (server.py ``_pollTurns``);
-* bytes and messages read: :meth:`Recorder.received` (``_processData``);
-* bytes sent: ``bytes_out`` (``_flushConnection``); packets queued for
-  sending: ``packets_out`` (``_send``, and the three fast paths that
-  write replies themselves);
+* loop turn start, when the job counter moved: :meth:`Recorder.mark`
+  (server.py ``_pollTurns``);
+* bytes and messages read: ``bytes_in``/``packets_in`` (server.py
+  ``_processData``); bytes sent: ``bytes_out`` (``_flushConnection``);
+  packets queued for sending: ``packets_out`` (``_send``, and the fast
+  paths and ``_submit`` where they write replies themselves);
 * a new job queued: :meth:`Recorder.submitted` (handlers ``_submit``,
   fastpath submit handler);
 * a job handed to a worker: :meth:`Recorder.started` (scheduling
@@ -31,7 +36,7 @@ Call sites in the server (one line each, all behind ``if metrics``):
 * a worker's WORK_COMPLETE / WORK_FAIL / WORK_EXCEPTION:
   :meth:`Recorder.finished` (handlers ``_passthrough``, fastpath result
   handler);
-* a job given back to its queue or failed after its retries:
+* a job given back to its queue, or failed after its retries:
   :meth:`Recorder.requeued` / :meth:`Recorder.gaveUp` (scheduling
   ``_requeueJob``); a CAN_DO_TIMEOUT: :meth:`Recorder.timedOut`
   (scheduling ``_jobTimedOut``);
@@ -79,7 +84,7 @@ MARK_RESOLUTION = 0.001
 #: Past this many marks the older half is thinned (every other one goes),
 #: so old jobs' ages get coarser while memory stays bounded.
 MAX_MARKS = 8192
-#: How often (seconds) tick() drops bookkeeping of jobs that are gone.
+#: How often (seconds) the bookkeeping of jobs that are gone is dropped.
 SWEEP_INTERVAL = 10.0
 #: Samples kept for the dashboard's charts (one a second: ten minutes).
 HISTORY = 600
@@ -89,6 +94,11 @@ OLDEST = 20
 MAX_WORKERS_LISTED = 500
 # How many dead entries at a FIFO's head a snapshot steps over.
 _HEAD_SCAN = 64
+# Times below _FINE_LIMIT / _FINE seconds find their histogram bucket in
+# a table indexed by tenths of milliseconds instead of by bisection (the
+# bounds below one second are whole tenths of milliseconds).
+_FINE = 10000.0
+_FINE_LIMIT = 10000
 
 _bisect = bisect.bisect_left
 _STATE = jobstates.STATE
@@ -96,6 +106,8 @@ _RUNNING = jobstates.RUNNING
 _DONE = jobstates.DONE
 _QUEUED = jobstates.QUEUED
 PRIORITY_NAMES = {HIGH: 'high', NORMAL: 'normal', LOW: 'low'}
+_FINE_BUCKET = [_bisect(TIME_BOUNDS, (t + 0.5) / _FINE)
+                for t in range(_FINE_LIMIT)]
 
 
 class FunctionStats(object):
@@ -113,28 +125,33 @@ class FunctionStats(object):
 
 
 class Recorder(object):
-    """The server's counters; every method runs on the loop thread.
+    """The server's counters and timings; every method runs on the loop
+    thread (or under the server lock).
 
     :arg handle_prefix: the server's handle prefix including the ``:``
         before the number, to read a job's number from its handle.
-    :arg max_handle: the job counter at start (after a replay): jobs at
-        or below it count as created at start.
+    :arg max_handle: the job counter at start: jobs at or below it count
+        as created at start (see :meth:`start`).
     """
 
     def __init__(self, handle_prefix=b'', max_handle=0,
                  clock=time.monotonic):
         self._clock = clock
-        self.now = clock()
-        self.started_at = self.now
-        self.started_wall = time.time()
+        #: The time (``clock``) of the current loop turn, which the loop
+        #: sets: the turn's transitions share one clock read.
+        now = self.now = clock()
+        self.started_at = now
         self._plen = len(handle_prefix)
         self.functions = {}       # name (bytes) -> FunctionStats
         self._running = {}        # job -> time it was handed out
         self._requeued = {}       # job -> time it was queued again
         self._mark_n = [max_handle]
-        self._mark_t = [self.now]
-        self._last_n = max_handle
-        self._next_sweep = self.now + SWEEP_INTERVAL
+        self._mark_t = [now]
+        self._hint = 0
+        #: The job counter at the last :meth:`mark` call; the loop calls
+        #: mark() when the counter has moved on.
+        self.marked = max_handle
+        self._next_sweep = now + SWEEP_INTERVAL
         self.done = 0             # jobs finished by workers, all functions
         self.packets_in = 0
         self.bytes_in = 0
@@ -147,10 +164,11 @@ class Recorder(object):
     def start(self, max_handle):
         """The server is ready (its stored jobs replayed): jobs numbered
         up to ``max_handle`` count as created now."""
-        self.now = self._clock()
+        now = self._clock()
         self._mark_n[:] = [max_handle]
-        self._mark_t[:] = [self.now]
-        self._last_n = max_handle
+        self._mark_t[:] = [now]
+        self._hint = 0
+        self.marked = max_handle
 
     def stats(self, name):
         """The FunctionStats of ``name``, created on first use."""
@@ -159,23 +177,31 @@ class Recorder(object):
             st = self.functions[name] = FunctionStats()
         return st
 
+    def _attach(self, fq):
+        # A function queue gets its stats on first use; a function that
+        # was dropped and comes back finds its old counters.
+        st = fq.stats = self.stats(fq.name)
+        return st
+
     # -- the loop ------------------------------------------------------------
 
-    def tick(self, max_handle):
-        """A loop turn starts: read the clock, mark new job numbers."""
-        now = self.now = self._clock()
-        if max_handle != self._last_n:
-            self._last_n = max_handle
-            marks_t = self._mark_t
-            if now - marks_t[-1] >= MARK_RESOLUTION:
-                # Jobs numbered above the previous mark's number were
-                # created before ``now``.
-                self._mark_n.append(max_handle)
-                marks_t.append(now)
-                if len(marks_t) > MAX_MARKS:
-                    self._thin()
+    def mark(self, max_handle):
+        """Jobs were created since the last call: note when.
+
+        The loop sets :attr:`now` at the start of each turn and calls
+        this when the job counter differs from :attr:`marked`: jobs
+        numbered above ``max_handle`` are created after :attr:`now`.
+        """
+        self.marked = max_handle
+        now = self.now
+        marks_t = self._mark_t
+        if now - marks_t[-1] >= MARK_RESOLUTION:
+            self._mark_n.append(max_handle)
+            marks_t.append(now)
+            if len(marks_t) > MAX_MARKS:
+                self._thin()
         if now >= self._next_sweep:
-            self._sweep()
+            self.sweep(now)
 
     def _thin(self):
         half = len(self._mark_n) // 2
@@ -183,19 +209,15 @@ class Recorder(object):
         self._mark_n[1:half] = self._mark_n[2:half:2]
         self._mark_t[1:half] = self._mark_t[2:half:2]
 
-    def _sweep(self):
+    def sweep(self, now=None):
         """Forget jobs that ended by a path that does not report here
         (cancelled, abandoned, dropped)."""
-        self._next_sweep = self.now + SWEEP_INTERVAL
+        self._next_sweep = (now or self._clock()) + SWEEP_INTERVAL
         for table, alive in ((self._running, _RUNNING),
                              (self._requeued, _QUEUED)):
             gone = [job for job in table if job._state & _STATE != alive]
             for job in gone:
                 del table[job]
-
-    def received(self, nbytes, messages):
-        self.bytes_in += nbytes
-        self.packets_in += messages
 
     def committed(self, seconds, ok=True):
         """One store commit took ``seconds``."""
@@ -206,12 +228,93 @@ class Recorder(object):
 
     # -- job transitions ---------------------------------------------------
 
-    def submitted(self, name, precedence):
+    def submitted(self, fq, precedence):
         """A new job was queued (coalesced submissions are not jobs)."""
-        st = self.functions.get(name)
+        st = fq.stats
         if st is None:
-            st = self.stats(name)
+            st = self._attach(fq)
         st.counts[precedence] += 1
+
+    def started(self, job):
+        """A worker was handed ``job``."""
+        st = job._fq.stats
+        if st is None:
+            st = self._attach(job._fq)
+        st.counts[STARTED] += 1
+        self._running[job] = self.now
+
+    def finished(self, job, kind):
+        """A worker finished ``job``; ``kind`` is COMPLETED, FAILED or
+        EXCEPTION (see :data:`RESULT_KINDS`).  Counts it, and times its
+        wait and its run."""
+        now = self.now
+        st = job._fq.stats
+        if st is None:
+            st = self._attach(job._fq)
+        st.counts[kind] += 1
+        self.done += 1
+        start = self._running.pop(job, None)
+        if start is None:
+            return
+        run = now - start
+        if run < 0.0:
+            run = 0.0
+        t = int(run * _FINE)
+        st.run[_FINE_BUCKET[t] if t < _FINE_LIMIT
+               else _bisect(TIME_BOUNDS, run)] += 1
+        st.run_sum += run
+        since = None
+        if self._requeued:
+            since = self._requeued.pop(job, None)
+        if since is None:
+            # createdAt(), inlined: this runs once per job.
+            try:
+                n = int(job.handle[self._plen:])
+            except (ValueError, TypeError):
+                n = 0
+            marks = self._mark_n
+            i = self._hint
+            if not (i < len(marks) and marks[i] < n and
+                    (i + 1 == len(marks) or marks[i + 1] >= n)):
+                i = _bisect(marks, n) - 1
+                if i < 0:
+                    i = 0
+                self._hint = i
+            since = self._mark_t[i]
+            links = job._links
+            if links is not None and links.extra:
+                since = self._epoch(links.extra, since, now)
+        wait = start - since
+        if wait < 0.0:
+            wait = 0.0
+        t = int(wait * _FINE)
+        st.wait[_FINE_BUCKET[t] if t < _FINE_LIMIT
+                else _bisect(TIME_BOUNDS, wait)] += 1
+        st.wait_sum += wait
+
+    def requeued(self, job):
+        """A job lost its worker and went back to its queue."""
+        self._stats(job).counts[REQUEUED] += 1
+        self._running.pop(job, None)
+        self._requeued[job] = self.now
+
+    def timedOut(self, job):
+        """A job overran its worker's CAN_DO_TIMEOUT."""
+        self._stats(job).counts[TIMED_OUT] += 1
+
+    def gaveUp(self, job):
+        """A job lost its worker once more than the retry limit allows."""
+        self._stats(job).counts[GAVE_UP] += 1
+        self._running.pop(job, None)
+        self._requeued.pop(job, None)
+
+    def _stats(self, job):
+        st = job._fq.stats
+        if st is None:
+            st = self._attach(job._fq)
+        return st
+
+    # -- when jobs entered their queue ---------------------------------------
 
     def createdAt(self, job):
         """When ``job`` was created, from the marks (monotonic clock)."""
@@ -219,75 +322,40 @@ class Recorder(object):
             n = int(job.handle[self._plen:])
         except (ValueError, TypeError):
             return self._mark_t[0]
-        i = _bisect(self._mark_n, n) - 1
-        return self._mark_t[i if i > 0 else 0]
+        marks = self._mark_n
+        # Jobs mostly finish in the order they were created: try the mark
+        # the previous lookup found before searching.
+        i = self._hint
+        if not (i < len(marks) and marks[i] < n and
+                (i + 1 == len(marks) or marks[i + 1] >= n)):
+            i = _bisect(marks, n) - 1
+            if i < 0:
+                i = 0
+            self._hint = i
+        return self._mark_t[i]
+
+    def _epoch(self, extra, since, now):
+        # A job submitted with an epoch time waits from that time.
+        when = extra.get('when')
+        if when:
+            due = now - (time.time() - when)
+            if due > since:
+                return due
+        return since
 
     def queuedSince(self, job):
         """When ``job`` last entered its queue (creation, a requeue, or
         its epoch time for a scheduled job)."""
-        since = None
-        if self._requeued:
-            since = self._requeued.get(job)
+        since = self._requeued.get(job)
         if since is None:
             since = self.createdAt(job)
             links = job._links
             if links is not None and links.extra:
-                when = links.extra.get('when')
-                if when:
-                    due = self.now - (time.time() - when)
-                    if due > since:
-                        since = due
+                since = self._epoch(links.extra, since, self._clock())
         return since
 
-    def started(self, job, name):
-        """A worker was handed ``job``."""
-        now = self.now
-        st = self.functions.get(name)
-        if st is None:
-            st = self.stats(name)
-        st.counts[STARTED] += 1
-        since = None
-        if self._requeued:
-            since = self._requeued.pop(job, None)
-        if since is None:
-            since = self.queuedSince(job)
-        wait = now - since
-        if wait < 0.0:
-            wait = 0.0
-        st.wait[_bisect(TIME_BOUNDS, wait)] += 1
-        st.wait_sum += wait
-        self._running[job] = now
-
-    def finished(self, job, name, ptype):
-        """A worker sent the job's WORK_COMPLETE, WORK_FAIL or
-        WORK_EXCEPTION."""
-        st = self.functions.get(name)
-        if st is None:
-            st = self.stats(name)
-        st.counts[RESULT_KINDS[ptype]] += 1
-        self.done += 1
-        since = self._running.pop(job, None)
-        if since is not None:
-            run = self.now - since
-            if run < 0.0:
-                run = 0.0
-            st.run[_bisect(TIME_BOUNDS, run)] += 1
-            st.run_sum += run
-
-    def requeued(self, job, name):
-        """A job lost its worker and went back to its queue."""
-        self.stats(name).counts[REQUEUED] += 1
-        self._running.pop(job, None)
-        self._requeued[job] = self.now
-
-    def timedOut(self, job, name):
-        """A job overran its worker's CAN_DO_TIMEOUT."""
-        self.stats(name).counts[TIMED_OUT] += 1
-
-    def gaveUp(self, job, name):
-        """A job lost its worker once more than the retry limit allows."""
-        self.stats(name).counts[GAVE_UP] += 1
-        self._running.pop(job, None)
+    def runningSince(self, job):
+        return self._running.get(job)
 
 
 # -- snapshots ----------------------------------------------------------------
@@ -338,6 +406,7 @@ def snapshot(server, recorder, version=None):
     queues and connections directly.
     """
     now = recorder._clock()
+    recorder.sweep(now)
     q = server.queue
     functions = []
     oldest = []
@@ -439,7 +508,7 @@ def _worker_entry(conn, recorder, now):
     for job in list(conn.related_jobs.values())[:16]:
         if job.worker_connection is conn and \
                 job._state & _STATE == _RUNNING:
-            since = recorder._running.get(job)
+            since = recorder.runningSince(job)
             jobs.append({'handle': _text(job.handle),
                          'function': _text(job.name),
                          'running_for': (now - since if since is not None
@@ -458,6 +527,16 @@ def totals(server, recorder):
     queued = q.queued
     return (queued[0] + queued[1] + queued[2] + q.epoch_count, q.running,
             recorder.done)
+
+
+def finished_by_function(recorder):
+    """{function name (str): jobs finished by workers}, safe from any
+    thread: the dict is copied in one step, and counts are plain ints."""
+    finished = {}
+    for name, st in list(recorder.functions.items()):
+        c = st.counts
+        finished[_text(name)] = c[COMPLETED] + c[FAILED] + c[EXCEPTION]
+    return finished
 
 
 class History(object):

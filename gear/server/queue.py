@@ -72,7 +72,7 @@ class FunctionQueue(object):
 
     __slots__ = ('name', 'fifos', 'queued', 'stale', 'epoch',
                  'epoch_count', 'running', 'workers', 'uniques',
-                 'sleepers', 'limits', 'timer')
+                 'sleepers', 'limits', 'timer', 'stats')
 
     def __init__(self, name, limits=None):
         self.name = name
@@ -88,6 +88,7 @@ class FunctionQueue(object):
         self.sleepers = {}       # connection -> None, in rotation order
         self.limits = limits     # None or [normal, low, high] sizes
         self.timer = None        # the server's epoch wake-up timer
+        self.stats = None        # metrics.FunctionStats when recording
 
     @property
     def total(self):

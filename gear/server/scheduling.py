@@ -88,7 +88,7 @@ class Scheduling(object):
             self.log.info("Job %s failed after %d retries (%s)",
                           job.handle, job.retries, reason)
             if metrics is not None:
-                metrics.gaveUp(job, job.name)
+                metrics.gaveUp(job)
             if job.clients:
                 fail = pack(RES, constants.WORK_FAIL, job.handle)
                 for c in job.clients:
@@ -98,7 +98,7 @@ class Scheduling(object):
         if self._debug:
             self.log.debug("Requeueing %s (%s)", job.handle, reason)
         if metrics is not None:
-            metrics.requeued(job, job.name)
+            metrics.requeued(job)
         self.queue.requeue(job)
         self._wakeFunction(job._fq)
 
@@ -107,7 +107,7 @@ class Scheduling(object):
         if (job._state & STATE) == RUNNING:
             self.log.info("Job %s exceeded its worker's timeout", job.handle)
             if self.metrics is not None:
-                self.metrics.timedOut(job, job.name)
+                self.metrics.timedOut(job)
             self._requeueJob(job, 'CAN_DO_TIMEOUT expired')
 
     # -- scheduling -----------------------------------------------------------
@@ -143,7 +143,7 @@ class Scheduling(object):
     def _assignJob(self, connection, job):
         """Bookkeeping for a job given to a worker; safe to repeat."""
         if self.metrics is not None and (job._state & STATE) != RUNNING:
-            self.metrics.started(job, job.name)
+            self.metrics.started(job)
         self.queue.start(job, connection)
         connection.related_jobs[job.handle] = job
         timeouts = connection._timeouts

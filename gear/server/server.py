@@ -463,6 +463,7 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         recv_size = RECV_SIZE
         metrics = self.metrics
         queue = self.queue
+        monotonic = time.monotonic
         while self.running:
             timeout = -1
             if timers:
@@ -474,7 +475,9 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                 continue
             with lock:
                 if metrics is not None:
-                    metrics.tick(queue.max_handle)
+                    metrics.now = monotonic()
+                    if queue.max_handle != metrics.marked:
+                        metrics.mark(queue.max_handle)
                 for fd, ev in events:
                     conn = fdmap.get(fd)
                     if conn is None:
@@ -754,8 +757,10 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                         line = line[:-1]
                     self.handleAdminRequest(
                         ServerAdminRequest._fromLine(conn, line))
-            if self.metrics is not None:
-                self.metrics.received(received, messages)
+            metrics = self.metrics
+            if metrics is not None:
+                metrics.bytes_in += received
+                metrics.packets_in += messages
             pending = len(conn.send_queue)
             if pending > self.output_high_water and not conn.closed:
                 if pending > self.max_output_buffer:

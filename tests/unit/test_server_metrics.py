@@ -42,11 +42,11 @@ class Server(object):
         job = CompactServerJob._new(PREFIX + b'%d' % n, name, b'x', None,
                                     None, precedence, True, fq)
         q.add(job, fq)
-        recorder.submitted(name, precedence)
+        recorder.submitted(fq, precedence)
         return job
 
     def start(self, recorder, job):
-        recorder.started(job, job.name)
+        recorder.started(job)
         self.queue.detach(job)
         self.queue.start(job, None)
 
@@ -60,24 +60,31 @@ class RecorderTestCase(testtools.TestCase):
         self.recorder = metrics.Recorder(PREFIX, 0, clock=self.clock)
 
     def tick(self, seconds=0.0):
+        # What the server's loop does at the start of a turn.
         self.clock.now += seconds
-        self.recorder.tick(self.server.queue.max_handle)
+        recorder = self.recorder
+        recorder.now = self.clock()
+        if self.server.queue.max_handle != recorder.marked:
+            recorder.mark(self.server.queue.max_handle)
 
     def test_wait_comes_from_the_turn_a_job_was_created_in(self):
         self.tick()
         first = self.server.submit(self.recorder, b'fn')
         self.tick(2.0)
         second = self.server.submit(self.recorder, b'fn')
-        self.tick(0.5)
+        self.tick(0.4)
         self.assertEqual(100.0, self.recorder.createdAt(first))
         self.assertEqual(102.0, self.recorder.createdAt(second))
         self.server.start(self.recorder, first)
         self.server.start(self.recorder, second)
+        self.tick(0.001)
+        for job in (first, second):
+            self.recorder.finished(job, metrics.COMPLETED)
         st = self.recorder.functions[b'fn']
         self.assertEqual(2, st.counts[metrics.STARTED])
         self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(2.5)])
         self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(0.5)])
-        self.assertAlmostEqual(3.0, st.wait_sum)
+        self.assertAlmostEqual(2.8, st.wait_sum)
 
     def test_run_time_and_result_kinds(self):
         self.tick()
@@ -88,11 +95,13 @@ class RecorderTestCase(testtools.TestCase):
         for job, ptype in zip(jobs, (constants.WORK_COMPLETE,
                                      constants.WORK_FAIL,
                                      constants.WORK_EXCEPTION)):
-            self.recorder.finished(job, b'fn', ptype)
+            self.recorder.finished(job, metrics.RESULT_KINDS[ptype])
         st = self.recorder.functions[b'fn']
         for kind in (metrics.COMPLETED, metrics.FAILED, metrics.EXCEPTION):
             self.assertEqual(1, st.counts[kind])
         self.assertEqual(3, st.run[metrics.TIME_BOUNDS.index(0.025)])
+        self.assertAlmostEqual(0.06, st.run_sum)
+        self.assertEqual(3, sum(st.wait))
         self.assertEqual(3, self.recorder.done)
         self.assertEqual({}, self.recorder._running)
 
@@ -101,14 +110,26 @@ class RecorderTestCase(testtools.TestCase):
         job = self.server.submit(self.recorder, b'fn')
         self.server.start(self.recorder, job)
         self.tick(60.0)
-        self.recorder.requeued(job, b'fn')
+        self.recorder.requeued(job)
         self.server.queue.requeue(job)
         self.tick(0.004)
         self.server.start(self.recorder, job)
+        self.tick(0.0008)
+        self.recorder.finished(job, metrics.COMPLETED)
         st = self.recorder.functions[b'fn']
         self.assertEqual(1, st.counts[metrics.REQUEUED])
-        self.assertEqual(2, sum(st.wait))
+        self.assertEqual(2, st.counts[metrics.STARTED])
+        self.assertEqual(1, sum(st.wait))
         self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(0.005)])
+        self.assertEqual(1, st.run[metrics.TIME_BOUNDS.index(0.001)])
+
+    def test_fine_buckets_agree_with_bisection(self):
+        import bisect
+        for tenths in range(0, 10000, 7):
+            value = (tenths + 0.3) / 10000.0
+            self.assertEqual(
+                bisect.bisect_left(metrics.TIME_BOUNDS, value),
+                metrics._FINE_BUCKET[int(value * metrics._FINE)], value)
 
     def test_marks_stay_bounded_and_keep_the_start(self):
         self.tick()
