@@ -85,8 +85,6 @@ class SnapshotCollector(object):
             'gearman_jobs_submitted', 'Jobs created, by priority.',
             labels=['function', 'priority'])
         counters = {
-            'started': ('gearman_jobs_started',
-                        'Jobs handed to a worker (again after a requeue).'),
             'completed': ('gearman_jobs_completed',
                           'Jobs a worker finished with WORK_COMPLETE.'),
             'failed': ('gearman_jobs_failed',
@@ -123,6 +121,9 @@ class SnapshotCollector(object):
                 families[name].add_metric(label, value)
             for priority, value in f['queued'].items():
                 by_priority.add_metric([f['name'], priority], value)
+            if not f['active']:
+                # No job was ever submitted: every counter is zero.
+                continue
             for priority, value in f['submitted'].items():
                 submitted.add_metric([f['name'], priority], value)
             for key, family in counter_families.items():

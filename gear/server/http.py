@@ -95,9 +95,10 @@ class StatusSource(object):
         if not server.lock.acquire(timeout=self.wait):
             return None
         try:
-            snap = metrics_mod.snapshot(server, recorder, self.version)
+            raw = metrics_mod.capture(server, recorder)
         finally:
             server.lock.release()
+        snap = metrics_mod.build(raw, self.version)
         snap['up'] = snap['up'] and server.poll_thread.is_alive()
         snap['history'] = {'interval': SAMPLE_INTERVAL,
                            'samples': self.history.list()}

@@ -46,6 +46,7 @@ Call sites in the server (each behind ``if metrics is not None``):
 
 import bisect
 import collections
+import itertools
 import time
 
 from gear import constants
@@ -65,14 +66,13 @@ COMMIT_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
 # Indexes into FunctionStats.counts.  The first three are the submissions
 # by precedence, indexed by the precedence constants themselves.
 SUBMITTED = (NORMAL, LOW, HIGH)
-STARTED = 3
-COMPLETED = 4
-FAILED = 5
-EXCEPTION = 6
-REQUEUED = 7
-TIMED_OUT = 8
-GAVE_UP = 9
-_NCOUNTS = 10
+COMPLETED = 3
+FAILED = 4
+EXCEPTION = 5
+REQUEUED = 6
+TIMED_OUT = 7
+GAVE_UP = 8
+_NCOUNTS = 9
 
 #: Which counter a worker's final packet increments.
 RESULT_KINDS = {constants.WORK_COMPLETE: COMPLETED,
@@ -92,6 +92,10 @@ HISTORY = 600
 OLDEST = 20
 #: How many workers a snapshot lists (all are counted).
 MAX_WORKERS_LISTED = 500
+#: How many function names and running jobs a snapshot lists per worker
+#: (CI farms register thousands of functions per worker).
+FUNCTIONS_LISTED = 50
+JOBS_LISTED = 16
 # How many dead entries at a FIFO's head a snapshot steps over.
 _HEAD_SCAN = 64
 # Times below _FINE_LIMIT / _FINE seconds find their histogram bucket in
@@ -106,6 +110,7 @@ _RUNNING = jobstates.RUNNING
 _DONE = jobstates.DONE
 _QUEUED = jobstates.QUEUED
 PRIORITY_NAMES = {HIGH: 'high', NORMAL: 'normal', LOW: 'low'}
+PRECEDENCE_ORDER = (HIGH, NORMAL, LOW)
 _FINE_BUCKET = [_bisect(TIME_BOUNDS, (t + 0.5) / _FINE)
                 for t in range(_FINE_LIMIT)]
 
@@ -152,7 +157,6 @@ class Recorder(object):
         #: mark() when the counter has moved on.
         self.marked = max_handle
         self._next_sweep = now + SWEEP_INTERVAL
-        self.done = 0             # jobs finished by workers, all functions
         self.packets_in = 0
         self.bytes_in = 0
         self.packets_out = 0
@@ -237,10 +241,6 @@ class Recorder(object):
 
     def started(self, job):
         """A worker was handed ``job``."""
-        st = job._fq.stats
-        if st is None:
-            st = self._attach(job._fq)
-        st.counts[STARTED] += 1
         self._running[job] = self.now
 
     def finished(self, job, kind):
@@ -252,21 +252,20 @@ class Recorder(object):
         if st is None:
             st = self._attach(job._fq)
         st.counts[kind] += 1
-        self.done += 1
         start = self._running.pop(job, None)
         if start is None:
             return
+        # Turn times never go back: start <= now, and a job's marks and
+        # requeue time are no later than its start.
         run = now - start
-        if run < 0.0:
-            run = 0.0
         t = int(run * _FINE)
         st.run[_FINE_BUCKET[t] if t < _FINE_LIMIT
                else _bisect(TIME_BOUNDS, run)] += 1
         st.run_sum += run
-        since = None
-        if self._requeued:
-            since = self._requeued.pop(job, None)
-        if since is None:
+        requeued = self._requeued
+        if requeued and job in requeued:
+            since = requeued.pop(job)
+        else:
             # createdAt(), inlined: this runs once per job.
             try:
                 n = int(job.handle[self._plen:])
@@ -283,10 +282,8 @@ class Recorder(object):
             since = self._mark_t[i]
             links = job._links
             if links is not None and links.extra:
-                since = self._epoch(links.extra, since, now)
+                since = min(start, self._epoch(links.extra, since, now))
         wait = start - since
-        if wait < 0.0:
-            wait = 0.0
         t = int(wait * _FINE)
         st.wait[_FINE_BUCKET[t] if t < _FINE_LIMIT
                 else _bisect(TIME_BOUNDS, wait)] += 1
@@ -391,133 +388,179 @@ def _queue_head(fq, precedence):
     return None
 
 
-def _role(conn):
-    if conn.functions:
-        return 'worker'
-    if getattr(conn, '_admin', False):
-        return 'admin'
-    return 'client'
+def capture(server, recorder):
+    """Copy what a snapshot shows out of the server, as fast as possible.
 
-
-def snapshot(server, recorder, version=None):
-    """Everything the dashboard and /metrics show, as plain data.
-
-    Runs on the loop thread or under ``server.lock``: it reads the
-    queues and connections directly.
+    Runs on the loop thread or under ``server.lock`` (it reads the queues
+    and connections directly), so it only copies: lists are sliced,
+    nothing is formatted or sorted, and per worker at most
+    :data:`FUNCTIONS_LISTED` names and :data:`JOBS_LISTED` jobs are
+    taken.  :func:`build` makes the snapshot of it without the lock.
     """
     now = recorder._clock()
     recorder.sweep(now)
     q = server.queue
     functions = []
-    oldest = []
-    names = set()
+    heads = []
     for name, fq in list(q.functions.items()):
-        names.add(name)
-        st = recorder.functions.get(name) or FunctionStats()
-        ages = {}
-        for p in (HIGH, NORMAL, LOW):
+        st = fq.stats or recorder.functions.get(name)
+        functions.append((name, True, fq.queued[:], fq.epoch_count,
+                          fq.running, fq.workers, _copy_stats(st)))
+        for p in PRECEDENCE_ORDER:
             job = _queue_head(fq, p)
-            if job is None:
-                continue
-            age = max(0.0, now - recorder.queuedSince(job))
-            ages[p] = age
-            oldest.append((age, name, p, job.handle))
-        functions.append(_function_entry(
-            name, st, fq, max(ages.values()) if ages else 0.0))
+            if job is not None:
+                heads.append((now - recorder.queuedSince(job), name, p,
+                              job.handle))
+    present = q.functions
     for name, st in list(recorder.functions.items()):
-        if name not in names:
-            functions.append(_function_entry(name, st, None, 0.0))
+        if name not in present:
+            functions.append((name, False, [0, 0, 0], 0, 0, 0,
+                              _copy_stats(st)))
+    connections = []
+    for conn in list(server.connection_map.values()):
+        if conn.functions:
+            connections.append(('worker', len(conn.send_queue),
+                                _worker_capture(conn, recorder, now)))
+        else:
+            connections.append(('admin' if getattr(conn, '_admin', False)
+                                else 'client', len(conn.send_queue), None))
+    queued = q.queued
+    return {
+        'now': now, 'time': time.time(), 'up': bool(server.running),
+        'uptime': now - recorder.started_at,
+        'queued': queued[:], 'scheduled': q.epoch_count,
+        'running': q.running, 'jobs': len(q.jobs),
+        'done': done(recorder),
+        'functions': functions, 'heads': heads,
+        'connections': connections,
+        'io': (recorder.packets_in, recorder.packets_out,
+               recorder.bytes_in, recorder.bytes_out),
+        'persistent': bool(getattr(server, '_persist', False)),
+        'commits': (recorder.commits[:], recorder.commit_sum,
+                    recorder.commit_failures),
+    }
+
+
+def _copy_stats(st):
+    if st is None:
+        return None
+    return (st.counts[:], st.wait[:], st.wait_sum, st.run[:], st.run_sum)
+
+
+def _worker_capture(conn, recorder, now):
+    jobs = []
+    for job in itertools.islice(conn.related_jobs.values(), JOBS_LISTED):
+        if job.worker_connection is conn and \
+                job._state & _STATE == _RUNNING:
+            since = recorder.runningSince(job)
+            jobs.append((job.handle, job.name,
+                         now - since if since is not None else None))
+    return (conn.fd, conn.host, conn.client_id, len(conn.functions),
+            list(itertools.islice(conn.functions, FUNCTIONS_LISTED)), jobs)
+
+
+def build(raw, version=None):
+    """The snapshot (plain dicts, lists, numbers and str) of a
+    :func:`capture`; needs no lock."""
+    functions = [_function_entry(*f) for f in raw['functions']]
+    oldest = {}
+    for age, name, p, handle in raw['heads']:
+        if age > oldest.get(name, -1.0):
+            oldest[name] = age
+    for entry, f in zip(functions, raw['functions']):
+        entry['oldest_age'] = max(0.0, oldest.get(f[0], 0.0))
     functions.sort(key=lambda f: f['name'])
-    oldest.sort(key=lambda item: -item[0])
+    heads = sorted(raw['heads'], key=lambda item: -item[0])[:OLDEST]
 
     roles = {'client': 0, 'worker': 0, 'admin': 0}
     workers = []
     output_queued = 0
-    for conn in list(server.connection_map.values()):
-        role = _role(conn)
+    for role, pending, worker in raw['connections']:
         roles[role] += 1
-        output_queued += len(conn.send_queue)
-        if role == 'worker' and len(workers) < MAX_WORKERS_LISTED:
-            workers.append(_worker_entry(conn, recorder, now))
+        output_queued += pending
+        if worker is not None and len(workers) < MAX_WORKERS_LISTED:
+            workers.append(_worker_entry(*worker))
     workers.sort(key=lambda w: (w['client_id'], w['fd']))
 
-    queued = q.queued
+    queued = raw['queued']
+    packets_in, packets_out, bytes_in, bytes_out = raw['io']
+    commits, commit_sum, commit_failures = raw['commits']
     return {
         'version': version,
-        'time': time.time(),
-        'uptime': now - recorder.started_at,
-        'up': bool(server.running),
+        'time': raw['time'],
+        'uptime': raw['uptime'],
+        'up': raw['up'],
         'totals': {
             'queued': {'high': queued[HIGH], 'normal': queued[NORMAL],
                        'low': queued[LOW]},
             'waiting': queued[0] + queued[1] + queued[2],
-            'scheduled': q.epoch_count,
-            'running': q.running,
-            'jobs': len(q.jobs),
-            'done': recorder.done,
-            'functions': len(q.functions),
+            'scheduled': raw['scheduled'],
+            'running': raw['running'],
+            'jobs': raw['jobs'],
+            'done': raw['done'],
+            'functions': sum(1 for f in functions if f['present']),
         },
         'functions': functions,
         'workers': workers,
         'oldest': [{'function': _text(name), 'priority': PRIORITY_NAMES[p],
-                    'handle': _text(handle), 'age': age}
-                   for age, name, p, handle in oldest[:OLDEST]],
+                    'handle': _text(handle), 'age': max(0.0, age)}
+                   for age, name, p, handle in heads],
         'connections': roles,
-        'io': {'packets_in': recorder.packets_in,
-               'packets_out': recorder.packets_out,
-               'bytes_in': recorder.bytes_in,
-               'bytes_out': recorder.bytes_out,
+        'io': {'packets_in': packets_in, 'packets_out': packets_out,
+               'bytes_in': bytes_in, 'bytes_out': bytes_out,
                'output_queued_bytes': output_queued},
         'store': {
-            'persistent': bool(getattr(server, '_persist', False)),
-            'commit_failures': recorder.commit_failures,
-            'commit_seconds': _histogram(COMMIT_BOUNDS, recorder.commits,
-                                         recorder.commit_sum)},
+            'persistent': raw['persistent'],
+            'commit_failures': commit_failures,
+            'commit_seconds': _histogram(COMMIT_BOUNDS, commits,
+                                         commit_sum)},
     }
 
 
-def _function_entry(name, st, fq, oldest_age):
-    c = st.counts
-    entry = {
+def snapshot(server, recorder, version=None):
+    """:func:`build` of a :func:`capture`: on the loop thread or under
+    ``server.lock``."""
+    return build(capture(server, recorder), version)
+
+
+_NO_STATS = ([0] * _NCOUNTS, [0] * (len(TIME_BOUNDS) + 1), 0.0,
+             [0] * (len(TIME_BOUNDS) + 1), 0.0)
+
+
+def _function_entry(name, present, queued, scheduled, running, workers,
+                    stats):
+    c, wait, wait_sum, run, run_sum = stats or _NO_STATS
+    return {
         'name': _text(name),
-        'present': fq is not None,
-        'queued': {'high': 0, 'normal': 0, 'low': 0},
-        'scheduled': 0, 'running': 0, 'workers': 0, 'total': 0,
-        'oldest_age': oldest_age,
+        'present': present,
+        'queued': {'high': queued[HIGH], 'normal': queued[NORMAL],
+                   'low': queued[LOW]},
+        'scheduled': scheduled, 'running': running, 'workers': workers,
+        'total': queued[0] + queued[1] + queued[2] + scheduled + running,
+        'oldest_age': 0.0,
+        # False for a function no job was ever submitted to (a worker
+        # registered it): /metrics leaves out its counters and
+        # histograms, which are all zero.
+        'active': any(c),
         'submitted': {'high': c[HIGH], 'normal': c[NORMAL], 'low': c[LOW]},
-        'started': c[STARTED], 'completed': c[COMPLETED],
+        'completed': c[COMPLETED],
         'failed': c[FAILED], 'exception': c[EXCEPTION],
         'requeued': c[REQUEUED], 'timed_out': c[TIMED_OUT],
         'retries_exhausted': c[GAVE_UP],
-        'wait_seconds': _histogram(TIME_BOUNDS, st.wait, st.wait_sum),
-        'run_seconds': _histogram(TIME_BOUNDS, st.run, st.run_sum),
+        'wait_seconds': _histogram(TIME_BOUNDS, wait, wait_sum),
+        'run_seconds': _histogram(TIME_BOUNDS, run, run_sum),
     }
-    if fq is not None:
-        entry['queued'] = {'high': fq.queued[HIGH],
-                           'normal': fq.queued[NORMAL],
-                           'low': fq.queued[LOW]}
-        entry['scheduled'] = fq.epoch_count
-        entry['running'] = fq.running
-        entry['workers'] = fq.workers
-        entry['total'] = fq.total
-    return entry
 
 
-def _worker_entry(conn, recorder, now):
-    jobs = []
-    for job in list(conn.related_jobs.values())[:16]:
-        if job.worker_connection is conn and \
-                job._state & _STATE == _RUNNING:
-            since = recorder.runningSince(job)
-            jobs.append({'handle': _text(job.handle),
-                         'function': _text(job.name),
-                         'running_for': (now - since if since is not None
-                                         else None)})
-    return {'fd': conn.fd if conn.fd is not None else -1,
-            'host': _text(conn.host),
-            'client_id': _text(conn.client_id or b'-'),
-            'functions': sorted(_text(f) for f in conn.functions),
-            'jobs': jobs}
+def _worker_entry(fd, host, client_id, nfunctions, functions, jobs):
+    return {'fd': fd if fd is not None else -1,
+            'host': _text(host),
+            'client_id': _text(client_id or b'-'),
+            'functions': sorted(_text(f) for f in functions),
+            'function_count': nfunctions,
+            'jobs': [{'handle': _text(handle), 'function': _text(name),
+                      'running_for': running_for}
+                     for handle, name, running_for in jobs]}
 
 
 def totals(server, recorder):
@@ -526,7 +569,16 @@ def totals(server, recorder):
     q = server.queue
     queued = q.queued
     return (queued[0] + queued[1] + queued[2] + q.epoch_count, q.running,
-            recorder.done)
+            done(recorder))
+
+
+def done(recorder):
+    """Jobs finished by workers, all functions; safe from any thread."""
+    total = 0
+    for st in list(recorder.functions.values()):
+        c = st.counts
+        total += c[COMPLETED] + c[FAILED] + c[EXCEPTION]
+    return total
 
 
 def finished_by_function(recorder):

@@ -146,8 +146,6 @@ class MetricsTestCase(testtools.TestCase):
                 self.assertEqual(count, value(
                     samples, 'gearman_jobs_%s_total' % kind, function=f))
             self.assertEqual(per_function, finished_here)
-            self.assertEqual(per_function, value(
-                samples, 'gearman_jobs_started_total', function=f))
             for histogram in ('gearman_job_queue_wait_seconds',
                               'gearman_job_run_seconds'):
                 self.assertEqual(per_function, value(
@@ -248,8 +246,6 @@ class MetricsTestCase(testtools.TestCase):
                 s, 'gearman_jobs_completed_total', function='timed')
                 else None)(srv.scrape()),
             message='the requeued job to complete')
-        self.assertEqual(2, value(samples, 'gearman_jobs_started_total',
-                                  function='timed'))
         # Both histograms observe a job when a worker finishes it.
         self.assertEqual(1, value(
             samples, 'gearman_job_queue_wait_seconds_count',
@@ -271,8 +267,6 @@ class MetricsTestCase(testtools.TestCase):
                 function='doomed') else None)(srv.scrape()),
             message='the retry limit to fail the job')
         self.assertEqual(1, value(samples, 'gearman_jobs_requeued_total',
-                                  function='doomed'))
-        self.assertEqual(2, value(samples, 'gearman_jobs_started_total',
                                   function='doomed'))
         self.assertEqual(0, value(samples, 'gearman_jobs',
                                   function='doomed'))
