@@ -190,6 +190,56 @@ class RecorderTestCase(testtools.TestCase):
                                      ())])
 
 
+class Conn(object):
+    """What a snapshot reads of a connection."""
+
+    def __init__(self, fd, functions=(), admin=False):
+        self.fd = fd
+        self.host = '127.0.0.1'
+        self.client_id = b'conn-%d' % fd
+        self.functions = set(functions)
+        self.related_jobs = {}
+        self.send_queue = bytearray(b'x' * fd)
+        if admin:
+            self._admin = True
+
+
+class SnapshotTestCase(testtools.TestCase):
+
+    def test_connections_by_role_and_bounded_worker_listing(self):
+        server = Server()
+        recorder = metrics.Recorder(PREFIX)
+        many = [b'fn-%d' % i for i in range(200)]
+        server.connection_map = {
+            1: Conn(1), 2: Conn(2, admin=True), 3: Conn(3, many),
+            4: Conn(4, [b'one'])}
+        snap = metrics.snapshot(server, recorder)
+        self.assertEqual({'client': 1, 'admin': 1, 'worker': 2},
+                         snap['connections'])
+        self.assertEqual(10, snap['io']['output_queued_bytes'])
+        busy, small = snap['workers']
+        self.assertEqual(200, busy['function_count'])
+        self.assertEqual(metrics.FUNCTIONS_LISTED, len(busy['functions']))
+        self.assertEqual(['one'], small['functions'])
+
+    def test_counters_outlive_a_dropped_function(self):
+        server = Server()
+        recorder = metrics.Recorder(PREFIX)
+        server.submit(recorder, b'gone')
+        job = next(iter(server.queue.jobs.values()))
+        server.queue.remove(job)
+        self.assertIsNone(server.queue.dropFunction(b'gone'))
+        snap = metrics.snapshot(server, recorder)
+        (entry,) = snap['functions']
+        self.assertFalse(entry['present'])
+        self.assertEqual(1, entry['submitted']['normal'])
+        # The function comes back: same counters.
+        server.submit(recorder, b'gone')
+        (entry,) = metrics.snapshot(server, recorder)['functions']
+        self.assertTrue(entry['present'])
+        self.assertEqual(2, entry['submitted']['normal'])
+
+
 class AdminHTTPTestCase(testtools.TestCase):
 
     def test_status_url(self):
