@@ -11,7 +11,11 @@ cost one snapshot and one rendering.
 Bad input gets a short error answer and a close; a client that is too
 slow to send its request or read the answer is dropped after
 ``client_timeout`` seconds; connections past ``max_clients`` are
-closed at once.  The same thread samples the queue depth and completed
+closed at once.  Connections are accepted at most ``max_rate`` a second
+(after a burst of as many): the thread shares the interpreter with the
+job loop, and a client that scrapes in a tight loop must not take the
+loop's processor time.  Past the rate, new connections wait in the
+listen backlog.  The same thread samples the queue depth and completed
 jobs once a second for the dashboard's charts.
 """
 
@@ -172,12 +176,17 @@ class HTTPServer(object):
 
     def __init__(self, server, host='127.0.0.1', port=0, max_age=1.0,
                  snapshot_wait=0.5, client_timeout=10.0, max_clients=2048,
-                 backlog=1024):
+                 backlog=1024, max_rate=50.0):
         if getattr(server, 'metrics', None) is None:
             raise ValueError('the server was created without metrics')
         self.source = StatusSource(server, max_age, snapshot_wait)
         self.client_timeout = client_timeout
         self.max_clients = max_clients
+        self.max_rate = float(max_rate)
+        # A token bucket of connections to accept.
+        self._tokens = self.max_rate
+        self._refilled = time.monotonic()
+        self._listening = True
         self.socket = self._listen(host, port, backlog)
         self.host = host
         self.port = self.socket.getsockname()[1]
@@ -253,6 +262,8 @@ class HTTPServer(object):
                     self._expire(now)
                     next_expiry = now + EXPIRY_CHECK
                 timeout = min(next_sample, next_expiry) - now
+                if not self._listening:
+                    timeout = min(timeout, self._resumeListening(now))
                 for key, events in self._selector.select(max(0.0, timeout)):
                     sock = key.fileobj
                     if sock is self.socket:
@@ -279,8 +290,29 @@ class HTTPServer(object):
         except OSError:
             pass
 
+    def _refill(self, now):
+        self._tokens = min(self.max_rate, self._tokens +
+                           (now - self._refilled) * self.max_rate)
+        self._refilled = now
+
+    def _resumeListening(self, now):
+        """Listen again once a token is back; else the seconds until
+        then."""
+        self._refill(now)
+        if self._tokens >= 1.0:
+            self._selector.register(self.socket, selectors.EVENT_READ, None)
+            self._listening = True
+            return 0.0
+        return (1.0 - self._tokens) / self.max_rate
+
     def _accept(self):
+        self._refill(time.monotonic())
         for _ in range(256):
+            if self._tokens < 1.0:
+                # Over the rate: leave the rest in the listen backlog.
+                self._selector.unregister(self.socket)
+                self._listening = False
+                return
             try:
                 sock, _ = self.socket.accept()
             except (BlockingIOError, InterruptedError):
@@ -290,6 +322,7 @@ class HTTPServer(object):
                                    errno.ECONNABORTED):
                     log.warning("HTTP accept failed: %s", e)
                 return
+            self._tokens -= 1.0
             if len(self._clients) >= self.max_clients:
                 sock.close()
                 continue

@@ -152,7 +152,9 @@ class HTTPRobustnessTestCase(testtools.TestCase):
             resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
             self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE,
                             (soft, hard))
-        srv = self.useFixture(MetricsServer(max_age=0.2))
+        # Above the default rate of accepts, which would make a thousand
+        # scrapes take twenty seconds.
+        srv = self.useFixture(MetricsServer(max_age=0.2, max_rate=500))
         traffic = RoundTrips(self, srv.server.port, 200).start()
 
         selector = selectors.DefaultSelector()
