@@ -97,6 +97,7 @@ svg { width: 100%; height: 150px; display: block; }
 <script>
 "use strict";
 var REFRESH_MS = 2000;
+var MAX_FUNCTIONS = 100;  // rows of the functions table
 
 function el(tag, text, cls) {
   var e = document.createElement(tag);
@@ -186,7 +187,17 @@ function render(s) {
     new Date(s.time * 1000).toLocaleTimeString();
   state.className = "stat " + (s.stale ? "stale" : "muted");
 
-  fillBody(document.getElementById("functions"), s.functions.map(
+  // The busiest functions first; a CI farm registers thousands.
+  var shown = s.functions.filter(function (f) { return f.present; });
+  var busy = function (f) {
+    return f.total * 1e6 + (f.rate || 0) * 1e3 + f.workers;
+  };
+  shown.sort(function (a, b) {
+    return busy(b) - busy(a) || (a.name < b.name ? -1 : 1);
+  });
+  var hidden = shown.length - MAX_FUNCTIONS;
+  shown = shown.slice(0, MAX_FUNCTIONS);
+  var rows = shown.map(
     function (f) {
       var waiting = sum(f.queued) + f.scheduled;
       var cls = (waiting > 0 && f.workers === 0) ? "alert" : "";
@@ -199,7 +210,14 @@ function render(s) {
         el("td", fmtNum(f.failed)), el("td", fmtNum(f.exception)),
         el("td", fmtNum(f.requeued)),
         el("td", waiting ? fmtAge(f.oldest_age) : "-")], cls);
-    }));
+    });
+  if (hidden > 0) {
+    var more = el("td", "and " + fmtNum(hidden) + " more functions",
+                  "name muted");
+    more.colSpan = 14;
+    rows.push(row([more]));
+  }
+  fillBody(document.getElementById("functions"), rows);
   fillBody(document.getElementById("oldest"), s.oldest.map(function (j) {
     return row([el("td", j.function, "name"), el("td", j.priority, "name"),
       el("td", j.handle, "name"), el("td", fmtAge(j.age))]);

@@ -113,6 +113,14 @@ class SnapshotCollector(object):
             labels=fn)
         for f in snap['functions']:
             label = [f['name']]
+            if not f['active']:
+                # No job was ever submitted (a worker registered it):
+                # only what the status command shows.
+                families['gearman_jobs'].add_metric(label, 0)
+                families['gearman_jobs_running'].add_metric(label, 0)
+                families['gearman_jobs_waiting'].add_metric(label, 0)
+                families['gearman_workers'].add_metric(label, f['workers'])
+                continue
             for name, (_, key) in gauges.items():
                 if key is None:
                     value = sum(f['queued'].values()) + f['scheduled']
@@ -121,9 +129,6 @@ class SnapshotCollector(object):
                 families[name].add_metric(label, value)
             for priority, value in f['queued'].items():
                 by_priority.add_metric([f['name'], priority], value)
-            if not f['active']:
-                # No job was ever submitted: every counter is zero.
-                continue
             for priority, value in f['submitted'].items():
                 submitted.add_metric([f['name'], priority], value)
             for key, family in counter_families.items():

@@ -38,6 +38,9 @@ MAX_REQUEST = 8192
 SAMPLE_INTERVAL = 1.0
 # Per-function throughput is averaged over this many samples.
 RATE_SAMPLES = 10
+#: A snapshot is kept at least this many times as long as it took to
+#: take and render.
+COST_FACTOR = 10.0
 # How often slow clients are looked for (their timeout is this coarse).
 EXPIRY_CHECK = 0.5
 
@@ -76,7 +79,12 @@ class StatusSource(object):
     """Snapshots of one server, taken under its lock and cached.
 
     :arg server: a running :class:`gear.Server` with ``metrics`` on.
-    :arg max_age: a snapshot younger than this is served as is.
+    :arg max_age: a snapshot younger than this is served as is.  On a
+        server with thousands of functions a snapshot and its renderings
+        take a while: a snapshot is then also kept for
+        :data:`COST_FACTOR` times what the previous one cost, so that the
+        HTTP side never takes more than a small share of the
+        interpreter from the job loop.
     :arg wait: how long to wait for the server lock before serving the
         previous snapshot instead.
     """
@@ -90,6 +98,7 @@ class StatusSource(object):
         self.version = _version()
         self._snap = None
         self._taken = None
+        self._cost = 0.0      # seconds spent on the current snapshot
         self._rendered = {}
         self._mutex = threading.Lock()
 
@@ -126,7 +135,8 @@ class StatusSource(object):
         """The newest snapshot (maybe a stale one, marked ``stale``)."""
         with self._mutex:
             now = time.monotonic()
-            if self._snap is None or now - self._taken >= self.max_age:
+            if self._snap is None or now - self._taken >= max(
+                    self.max_age, COST_FACTOR * self._cost):
                 try:
                     snap = self._take()
                 except Exception:
@@ -136,6 +146,7 @@ class StatusSource(object):
                     snap['stale'] = False
                     self._snap = snap
                     self._taken = now
+                    self._cost = time.monotonic() - now
                     self._rendered = {}
                 elif self._snap is not None:
                     self._snap['stale'] = True
@@ -149,7 +160,9 @@ class StatusSource(object):
                 return render(snap)
             body = self._rendered.get(kind)
             if body is None:
+                start = time.monotonic()
                 body = self._rendered[kind] = render(snap)
+                self._cost += time.monotonic() - start
             return body
 
     def sample(self):

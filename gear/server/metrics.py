@@ -530,26 +530,29 @@ _NO_STATS = ([0] * _NCOUNTS, [0] * (len(TIME_BOUNDS) + 1), 0.0,
 def _function_entry(name, present, queued, scheduled, running, workers,
                     stats):
     c, wait, wait_sum, run, run_sum = stats or _NO_STATS
-    return {
+    total = queued[0] + queued[1] + queued[2] + scheduled + running
+    # False for a function that never had a job (a worker registered
+    # it): its counters are all zero, and the entry leaves out its
+    # histograms (CI farms register thousands of such functions).
+    active = bool(total) or any(c)
+    entry = {
         'name': _text(name),
         'present': present,
         'queued': {'high': queued[HIGH], 'normal': queued[NORMAL],
                    'low': queued[LOW]},
         'scheduled': scheduled, 'running': running, 'workers': workers,
-        'total': queued[0] + queued[1] + queued[2] + scheduled + running,
-        'oldest_age': 0.0,
-        # False for a function no job was ever submitted to (a worker
-        # registered it): /metrics leaves out its counters and
-        # histograms, which are all zero.
-        'active': any(c),
+        'total': total, 'oldest_age': 0.0,
+        'active': active,
         'submitted': {'high': c[HIGH], 'normal': c[NORMAL], 'low': c[LOW]},
         'completed': c[COMPLETED],
         'failed': c[FAILED], 'exception': c[EXCEPTION],
         'requeued': c[REQUEUED], 'timed_out': c[TIMED_OUT],
         'retries_exhausted': c[GAVE_UP],
-        'wait_seconds': _histogram(TIME_BOUNDS, wait, wait_sum),
-        'run_seconds': _histogram(TIME_BOUNDS, run, run_sum),
     }
+    if active:
+        entry['wait_seconds'] = _histogram(TIME_BOUNDS, wait, wait_sum)
+        entry['run_seconds'] = _histogram(TIME_BOUNDS, run, run_sum)
+    return entry
 
 
 def _worker_entry(fd, host, client_id, nfunctions, functions, jobs):

@@ -166,8 +166,12 @@ class RecorderTestCase(testtools.TestCase):
             self.server.submit(self.recorder, b'fn\xff', precedence)
         self.tick(3.0)
         self.recorder.committed(0.002)
+        # A function a worker registered and no job ever used.
+        self.server.queue.function(b'idle').workers = 1
         snap = metrics.snapshot(self.server, self.recorder, '1.2.3')
-        (f,) = snap['functions']
+        f, idle = snap['functions']
+        self.assertFalse(idle['active'])
+        self.assertNotIn('wait_seconds', idle)
         self.assertEqual('fn\\xff', f['name'])
         self.assertEqual({'high': 1, 'normal': 2, 'low': 1}, f['queued'])
         self.assertEqual(3.0, f['oldest_age'])
@@ -188,6 +192,11 @@ class RecorderTestCase(testtools.TestCase):
                                      (('version', '1.2.3'),))])
         self.assertEqual(1, samples[('gearman_store_commit_seconds_count',
                                      ())])
+        idle = (('function', 'idle'),)
+        self.assertEqual(1, samples[('gearman_workers', idle)])
+        self.assertEqual(0, samples[('gearman_jobs', idle)])
+        self.assertNotIn(('gearman_jobs_completed_total', idle), samples)
+        self.assertNotIn(('gearman_job_run_seconds_count', idle), samples)
 
 
 class Conn(object):
