@@ -42,6 +42,12 @@ class MetricsServer(fixtures.Fixture):
     def scrape(self):
         return parse_metrics(self.get('metrics')[2].decode('utf8'))
 
+    def scrape_when(self, name, **labels):
+        """A scrape in which sample ``name`` is non-zero, else None (for
+        wait_for)."""
+        samples = self.scrape()
+        return samples if value(samples, name, 0, **labels) else None
+
 
 def parse_metrics(text):
     """{(sample name, ((label, value), ...)): value} of an exposition,
@@ -55,10 +61,16 @@ def parse_metrics(text):
     return samples
 
 
-def value(samples, name, **labels):
-    """One sample's value; KeyError names what is missing."""
+_MISSING = object()
+
+
+def value(samples, name, default=_MISSING, **labels):
+    """One sample's value, or ``default`` if given and the sample is
+    missing; else KeyError names what is missing."""
     key = (name, tuple(sorted(labels.items())))
     if key not in samples:
+        if default is not _MISSING:
+            return default
         raise KeyError('no sample %s%r' % (name, labels))
     return samples[key]
 

@@ -118,7 +118,7 @@ class MetricsTestCase(testtools.TestCase):
         def finished():
             samples = srv.scrape()
             total = sum(value(samples, 'gearman_jobs_%s_total' % kind,
-                              function=f)
+                              default=0, function=f)
                         for f in functions
                         for kind in ('completed', 'failed', 'exception'))
             return samples if total == n else None
@@ -208,7 +208,7 @@ class MetricsTestCase(testtools.TestCase):
 
         def older():
             age = value(srv.scrape(), 'gearman_queue_oldest_age_seconds',
-                        function='nobody-runs-this')
+                        default=0.0, function='nobody-runs-this')
             return age > first + 0.05
         wait_for(older, message='the oldest job to age')
         oldest = srv.status()['oldest']
@@ -232,9 +232,8 @@ class MetricsTestCase(testtools.TestCase):
                     background=True)
         slow.getJob()
         samples = wait_for(
-            lambda: (lambda s: s if value(
-                s, 'gearman_jobs_timed_out_total', function='timed')
-                else None)(srv.scrape()),
+            lambda: srv.scrape_when('gearman_jobs_timed_out_total',
+                                    function='timed'),
             message='the CAN_DO_TIMEOUT to expire')
         self.assertEqual(1, value(samples, 'gearman_jobs_requeued_total',
                                   function='timed'))
@@ -242,9 +241,8 @@ class MetricsTestCase(testtools.TestCase):
         self.addCleanup(fast.shutdown)
         fast.getJob().sendWorkComplete(b'')
         samples = wait_for(
-            lambda: (lambda s: s if value(
-                s, 'gearman_jobs_completed_total', function='timed')
-                else None)(srv.scrape()),
+            lambda: srv.scrape_when('gearman_jobs_completed_total',
+                                    function='timed'),
             message='the requeued job to complete')
         # Both histograms observe a job when a worker finishes it.
         self.assertEqual(1, value(
@@ -262,9 +260,8 @@ class MetricsTestCase(testtools.TestCase):
             w.getJob()
             w.shutdown()
         samples = wait_for(
-            lambda: (lambda s: s if value(
-                s, 'gearman_jobs_retries_exhausted_total',
-                function='doomed') else None)(srv.scrape()),
+            lambda: srv.scrape_when('gearman_jobs_retries_exhausted_total',
+                                    function='doomed'),
             message='the retry limit to fail the job')
         self.assertEqual(1, value(samples, 'gearman_jobs_requeued_total',
                                   function='doomed'))
