@@ -1,7 +1,10 @@
-"""A fixture that runs the C gearmand on a free loopback port.
+"""The C Gearman tools for interop tests: where they are, and a fixture
+that runs gearmand on a free loopback port.
 
-Tests that use it are skipped, with a message saying why, when the
-binary is not installed.
+Tests that need a tool skip, with a message naming it, when it is not
+installed.  ``GEAR_TEST_HIDE_TOOLS`` pretends tools are missing: a
+comma-separated list of names, or ``all``; the suite's own check that
+interop tests skip cleanly runs with it set.
 """
 
 import os
@@ -15,21 +18,66 @@ import testtools
 
 from tests.util import free_port, wait_for  # noqa: F401 (re-exported)
 
-GEARMAND = os.environ.get('GEARMAND', '/usr/sbin/gearmand')
 START_TIMEOUT = 15.0
+HIDE_VARIABLE = 'GEAR_TEST_HIDE_TOOLS'
+
+# Tool name -> (the variable that may give its path, where Debian puts it,
+# the Debian package that ships it).
+TOOLS = {
+    'gearmand': ('GEARMAND', '/usr/sbin/gearmand', 'gearman-job-server'),
+    'gearman': ('GEARMAN', '/usr/bin/gearman', 'gearman-tools'),
+    'gearadmin': ('GEARADMIN', '/usr/bin/gearadmin', 'gearman-tools'),
+    'gearmand-perl': ('GEARMAND_PERL', '/usr/bin/gearmand-perl',
+                      'gearman-server'),
+}
+GEARMAND = os.environ.get('GEARMAND', TOOLS['gearmand'][1])
+
+
+def _hidden(name):
+    hidden = os.environ.get(HIDE_VARIABLE, '')
+    names = {part.strip() for part in hidden.split(',')}
+    return 'all' in names or name in names
+
+
+def tool_path(name):
+    """The path of the C tool ``name`` (a key of TOOLS), or None when it
+    is not installed or hidden by GEAR_TEST_HIDE_TOOLS."""
+    if _hidden(name):
+        return None
+    variable, default, _package = TOOLS[name]
+    path = os.environ.get(variable, default)
+    if os.path.isfile(path) and os.access(path, os.X_OK):
+        return path
+    return shutil.which(os.path.basename(default))
+
+
+def missing_reason(name):
+    """Why a test needing ``name`` skips, or None when it is there."""
+    if tool_path(name) is not None:
+        return None
+    variable, default, package = TOOLS[name]
+    if _hidden(name):
+        return '%s is hidden by %s' % (name, HIDE_VARIABLE)
+    return ('%s is not installed (looked for %s and on PATH; Debian package'
+            ' %s; or set %s to its path)' % (name, default, package,
+                                             variable))
+
+
+def skip_without(test, *names):
+    """Skip ``test`` (a TestCase) unless every tool in ``names`` exists."""
+    for name in names:
+        reason = missing_reason(name)
+        if reason:
+            test.skipTest(reason)
 
 
 def gearmand_path():
     """The gearmand binary, or None if it is not installed."""
-    if os.path.isfile(GEARMAND) and os.access(GEARMAND, os.X_OK):
-        return GEARMAND
-    return shutil.which('gearmand')
+    return tool_path('gearmand')
 
 
 def skip_without_gearmand(test):
-    if gearmand_path() is None:
-        test.skipTest("gearmand is not installed (looked for %s and on"
-                      " PATH); set GEARMAND to its path" % GEARMAND)
+    skip_without(test, 'gearmand')
 
 
 class GearmandFixture(fixtures.Fixture):
@@ -46,11 +94,16 @@ class GearmandFixture(fixtures.Fixture):
         self.log = log
         self.process = None
 
+    def setUp(self):
+        # Checked before Fixture.setUp: a skip raised inside _setUp would
+        # reach the test wrapped as a SetupError, and fail it.
+        reason = missing_reason('gearmand')
+        if reason:
+            raise testtools.TestCase.skipException(reason)
+        super(GearmandFixture, self).setUp()
+
     def _setUp(self):
         self.binary = gearmand_path()
-        if self.binary is None:
-            raise testtools.TestCase.skipException(
-                "gearmand is not installed")
         if self.port is None:
             self.port = free_port()
         self.start()

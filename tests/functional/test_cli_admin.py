@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import fixtures
+import pytest
 import testtools
 
 import gear
@@ -263,6 +264,7 @@ class TestAdminGeard(GeardMixin, AdminChecks, testtools.TestCase):
                          result.stderr)
 
 
+@pytest.mark.interop
 class TestAdminGearmand(GearmandMixin, AdminChecks, testtools.TestCase):
 
     def test_acl_is_unknown_to_gearmand(self):

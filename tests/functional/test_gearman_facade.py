@@ -10,15 +10,14 @@ coalesced handles, exceptions, lost connections and admin replies.
 import contextlib
 import gc
 import io
-import os
 import selectors
-import shutil
 import socket
 import struct
 import subprocess
 import threading
 
 import fixtures
+import pytest
 import testtools
 
 import gear
@@ -26,12 +25,11 @@ import gear.gearman as gearman
 from gear import constants as wire
 from gear import tlsutil
 from gear.gearman import JOB_UNKNOWN
-from tests.gearmand import GearmandFixture, free_port
+from tests.gearmand import (
+    GearmandFixture, free_port, skip_without, tool_path)
 from tests.util import PickleDataEncoder, waiter
 
 WAIT = 15.0
-GEARMAN_CLI = shutil.which('gearman', path='/usr/bin:' +
-                           os.environ.get('PATH', ''))
 
 
 wait_for = waiter(WAIT, 0.01)
@@ -451,12 +449,12 @@ class FacadeScenarios(object):
         self.assertEqual(['facade-worker'],
                          [row['client_id'] for row in workers])
 
+    @pytest.mark.interop
     def test_worker_serves_the_gearman_cli(self):
-        if GEARMAN_CLI is None:
-            self.skipTest('the gearman command-line tool is not installed')
+        skip_without(self, 'gearman')
         self.worker({'reverse': reverse})
         result = subprocess.run(
-            [GEARMAN_CLI, '-h', '127.0.0.1', '-p', str(self.port),
+            [tool_path('gearman'), '-h', '127.0.0.1', '-p', str(self.port),
              '-f', 'reverse', 'hello cli'],
             stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
         self.assertEqual(0, result.returncode, result.stderr)
@@ -758,6 +756,7 @@ class FacadeScenarios(object):
         self.assertIsInstance(admin.ping_server(), float)
 
 
+@pytest.mark.interop
 class TestWithGearmand(FacadeScenarios, testtools.TestCase):
 
     def startServer(self):

@@ -9,6 +9,7 @@ import os
 import sqlite3
 
 import fixtures
+import pytest
 import testtools
 from testtools.content import text_content
 
@@ -97,6 +98,7 @@ class TestGeardCrash(CrashTestCase):
         self.assertEqual(0, peers.function_total(server.port, 'fin'))
 
 
+@pytest.mark.interop
 class TestGearmandCrash(CrashTestCase):
     """The same scenario against gearmand's libsqlite3 queue.
 
