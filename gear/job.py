@@ -6,6 +6,8 @@ read and write str and encode it as UTF-8; the ``Binary*`` variants keep
 the name as bytes too.
 """
 
+import threading
+
 from gear import constants
 from gear.protocol import Packet
 from gear.util import convert_to_bytes
@@ -18,6 +20,10 @@ def _as_bytes(value):
     if isinstance(value, str):
         return value.encode('utf-8')
     return bytes(value)
+
+
+# Serialises the creation of a Job's wait event (only waiters take it).
+_WAIT_EVENT_LOCK = threading.Lock()
 
 
 def _decimal(value):
@@ -102,14 +108,15 @@ class Job(BaseJob):
     ``complete`` and ``failure`` tell how it ended; ``numerator``,
     ``denominator`` and ``fraction_complete`` track progress; ``known``
     and ``running`` come from a status query.  ``disconnected`` is set
-    when the job was lost with its server connection.
+    when the job was lost with its server connection.  :meth:`wait`
+    blocks until it has ended.
     """
 
     data_type = list
 
     __slots__ = ('_data', '_exception', 'warning', 'complete', 'failure',
                  'numerator', 'denominator', 'fraction_complete', 'known',
-                 'running', 'disconnected')
+                 'running', 'disconnected', '_ended')
 
     def __init__(self, name, arguments, unique=None):
         super(Job, self).__init__(name, arguments, unique)
@@ -124,6 +131,40 @@ class Job(BaseJob):
         self.known = None
         self.running = None
         self.disconnected = False
+        # A threading.Event, made by the first wait(): most jobs are
+        # never waited on and should not pay for one.
+        self._ended = None
+
+    def wait(self, timeout=None):
+        """Block until the job has ended, at most ``timeout`` seconds
+        (None: no limit).
+
+        A foreground job ends with WORK_COMPLETE, WORK_FAIL or
+        WORK_EXCEPTION, or when it is lost with its server connection
+        (``disconnected``) or the client shuts down.  Then ``complete``
+        is True; ``failure`` and ``exception`` say how it went.  A
+        background job never ends as far as its client knows.
+
+        :returns: True if the job has ended, False if ``timeout`` passed
+            first.
+        """
+        if self.complete:
+            return True
+        with _WAIT_EVENT_LOCK:
+            ended = self._ended
+            if ended is None:
+                ended = self._ended = threading.Event()
+        # The client sets ``complete`` before it looks for the event, so
+        # one of the two checks sees the other side's write.
+        if self.complete:
+            return True
+        return ended.wait(timeout) or self.complete
+
+    def _wakeWaiters(self):
+        """Called by the client once ``complete`` is set."""
+        ended = self._ended
+        if ended is not None:
+            ended.set()
 
     @property
     def data(self):

@@ -436,7 +436,8 @@ class Worker(BaseClient):
                         continue
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        raise TimeoutError()
+                        raise TimeoutError(
+                            "no job arrived within %gs" % timeout)
                     self._job_available.wait(remaining)
             finally:
                 self.waiting_for_jobs -= 1
