@@ -214,6 +214,7 @@ class AdminChecks(object):
             b'gear-admin: drop function cli_never: the server answered ERR'),
             result.stderr)
 
+    @pytest.mark.slow
     def test_version_pid_verbose(self):
         version = self.admin_json('version')['version']
         self.assertTrue(version)
@@ -315,6 +316,7 @@ class TestAdminTLS(testtools.TestCase):
     def admin(self, *args):
         return run_cli('admin', '-p', self.port, *(self.tls + list(args)))
 
+    @pytest.mark.slow
     def test_acl_grant_list_revoke(self):
         result = self.admin('acl', 'grant', 'invoke', 'bob', '^cli_.*')
         self.assertEqual((0, b'OK\n'), (result.returncode, result.stdout),

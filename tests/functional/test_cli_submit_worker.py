@@ -86,6 +86,7 @@ class SubmitWorkerChecks(object):
         jobs = {j['handle'] for j in self.admin_json('jobs')}
         self.assertTrue(set(handles) <= jobs, (handles, jobs))
 
+    @pytest.mark.slow
     def test_background_options(self):
         result = self.submit('-f', 'cli_same', '-b', '-u', 'one-id', 'a',
                              'b')

@@ -19,6 +19,7 @@ from tests.reliability import crash, peers, servers
 SEED = int(os.environ.get('GEAR_RELIABILITY_SEED', '20240611'))
 
 
+@pytest.mark.slow
 class CrashTestCase(testtools.TestCase):
 
     def setUp(self):

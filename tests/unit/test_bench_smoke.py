@@ -43,6 +43,7 @@ def run_loadgen(*args):
     return proc.returncode, lines, proc.stderr.decode()
 
 
+@pytest.mark.slow
 class SmokeMixin(object):
 
     server = None
