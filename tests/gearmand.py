@@ -27,7 +27,8 @@ TOOLS = {
     'gearmand': ('GEARMAND', '/usr/sbin/gearmand', 'gearman-job-server'),
     'gearman': ('GEARMAN', '/usr/bin/gearman', 'gearman-tools'),
     'gearadmin': ('GEARADMIN', '/usr/bin/gearadmin', 'gearman-tools'),
-    'gearmand-perl': ('GEARMAND_PERL', '/usr/bin/gearmand-perl',
+    # Perl's Gearman::Server; Debian installs it as /usr/bin/gearmand.
+    'gearmand-perl': ('GEARMAND_PERL', '/usr/bin/gearmand',
                       'gearman-server'),
 }
 GEARMAND = os.environ.get('GEARMAND', TOOLS['gearmand'][1])
@@ -39,16 +40,37 @@ def _hidden(name):
     return 'all' in names or name in names
 
 
+def _is_perl_script(path):
+    try:
+        with open(path, 'rb') as f:
+            first = f.readline(200)
+    except OSError:
+        return False
+    return first.startswith(b'#!') and b'perl' in first
+
+
+def _usable(name, path):
+    if not path or not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        return False
+    # Both gearmand servers share a name: tell them apart.
+    if name == 'gearmand':
+        return not _is_perl_script(path)
+    if name == 'gearmand-perl':
+        return _is_perl_script(path)
+    return True
+
+
 def tool_path(name):
-    """The path of the C tool ``name`` (a key of TOOLS), or None when it
+    """The path of the tool ``name`` (a key of TOOLS), or None when it
     is not installed or hidden by GEAR_TEST_HIDE_TOOLS."""
     if _hidden(name):
         return None
     variable, default, _package = TOOLS[name]
-    path = os.environ.get(variable, default)
-    if os.path.isfile(path) and os.access(path, os.X_OK):
-        return path
-    return shutil.which(os.path.basename(default))
+    for path in (os.environ.get(variable, default),
+                 shutil.which(os.path.basename(default))):
+        if _usable(name, path):
+            return path
+    return None
 
 
 def missing_reason(name):
@@ -94,16 +116,18 @@ class GearmandFixture(fixtures.Fixture):
         self.log = log
         self.process = None
 
+    tool = 'gearmand'
+
     def setUp(self):
         # Checked before Fixture.setUp: a skip raised inside _setUp would
         # reach the test wrapped as a SetupError, and fail it.
-        reason = missing_reason('gearmand')
+        reason = missing_reason(self.tool)
         if reason:
             raise testtools.TestCase.skipException(reason)
         super(GearmandFixture, self).setUp()
 
     def _setUp(self):
-        self.binary = gearmand_path()
+        self.binary = tool_path(self.tool)
         if self.port is None:
             self.port = free_port()
         self.start()
@@ -162,3 +186,13 @@ class GearmandFixture(fixtures.Fixture):
         """Kill gearmand and start a new one on the same port."""
         self.stop()
         self.start()
+
+
+class PerlGearmandFixture(GearmandFixture):
+    """Run Perl's Gearman::Server (Debian: gearman-server) instead."""
+
+    tool = 'gearmand-perl'
+
+    def _command(self):
+        return [self.binary, '--listen=127.0.0.1',
+                '--port=%d' % self.port] + self.extra_args
