@@ -167,6 +167,7 @@ class AdminChecks(object):
         self.assertRegex(text, r'(?m)^\s*\d+\s+127\.0\.0\.1\s+cli-worker-id'
                                r'\s+cli_w[12] cli_w[12]$')
 
+    @pytest.mark.slow
     def test_jobs_unique_jobs_and_cancel(self):
         client = self.client()
         job = gear.Job('cli_jobs', b'x', unique='cli-unique-1')

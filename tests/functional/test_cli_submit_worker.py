@@ -51,6 +51,7 @@ class SubmitWorkerChecks(object):
         self.assertEqual(data, result.stdout)
         self.assertEqual(0, self.finished(worker)[0])
 
+    @pytest.mark.slow
     def test_lines_with_progress(self):
         count = 300
         worker = self.worker(['cli_lines'], ['tr', 'a-z', 'A-Z'],
