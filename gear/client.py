@@ -384,7 +384,11 @@ class Client(BaseClient):
             self.log.exception("Exception in the %s event handler of %s",
                                event, job)
         if final:
-            job._wakeWaiters()
+            # getattr: a gear 0.16 program may follow a job object of
+            # its own that is not a gear.Job.
+            wake = getattr(job, '_wakeWaiters', None)
+            if wake is not None:
+                wake()
 
     def handleJobEvent(self, job, event, data):
         """Called for every update to a foreground job, after ``job`` has

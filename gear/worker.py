@@ -321,7 +321,8 @@ class Worker(BaseClient):
                     demand -= 1
 
     def _sendGrabJobUniq(self, connection=None):
-        """Send GRAB_JOB_UNIQ on ``connection``; True if it was sent.
+        """Send GRAB_JOB_UNIQ (GRAB_JOB where the server refused it) on
+        ``connection``; True if it was sent.
 
         Without a connection, grab wherever the waiting callers need it.
         """
@@ -382,6 +383,7 @@ class Worker(BaseClient):
         conn = packet.connection
         with self.job_lock:
             if conn.state == GRAB_WAIT and not conn.pending_tasks and \
+                    packet.getArgument(0) not in self._UNSOLICITED_ERRORS and \
                     conn not in self._plain_grab and \
                     conn not in self._uniq_grab_ok:
                 self._plain_grab.add(conn)
