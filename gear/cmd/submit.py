@@ -41,8 +41,8 @@ class SubmitClient(Client):
     """A Client that reports job updates as events on a queue.
 
     The poll thread updates jobs; the main thread writes output.  Events
-    are ``(kind, job, payload)`` with kind one of data, warning, status,
-    complete, fail, exception, lost.
+    are ``(kind, job, payload)`` with kind one of the Client's job events:
+    data, warning, status, complete, fail, exception, lost.
     """
 
     def __init__(self, client_id):
@@ -52,41 +52,12 @@ class SubmitClient(Client):
         #: id(job) -> (code, text) of the ERROR that refused it.
         self.refusals = {}
 
-    def _post(self, kind, job, payload=None):
-        if job is not None:
-            # The payload travels in the event; do not keep a copy.
-            del job.data[:]
-            self.events.put((kind, job, payload))
-        return job
-
-    def handleWorkData(self, packet):
-        job = super(SubmitClient, self).handleWorkData(packet)
-        return self._post('data', job, packet.getArgument(1, True))
-
-    def handleWorkWarning(self, packet):
-        job = super(SubmitClient, self).handleWorkWarning(packet)
-        return self._post('warning', job, packet.getArgument(1, True))
-
-    def handleWorkStatus(self, packet):
-        job = super(SubmitClient, self).handleWorkStatus(packet)
-        return self._post('status', job, (job.numerator, job.denominator)
-                          if job is not None else None)
-
-    def handleWorkComplete(self, packet):
-        job = super(SubmitClient, self).handleWorkComplete(packet)
-        return self._post('complete', job, packet.getArgument(1, True))
-
-    def handleWorkFail(self, packet):
-        job = super(SubmitClient, self).handleWorkFail(packet)
-        return self._post('fail', job)
-
-    def handleWorkException(self, packet):
-        job = super(SubmitClient, self).handleWorkException(packet)
-        return self._post('exception', job, packet.getArgument(1, True))
-
-    def handleDisconnect(self, job):
-        job = super(SubmitClient, self).handleDisconnect(job)
-        return self._post('lost', job)
+    def handleJobEvent(self, job, event, data):
+        if event == 'status':
+            data = (job.numerator, job.denominator)
+        # The payload travels in the event; do not keep a copy.
+        del job.data[:]
+        self.events.put((event, job, data))
 
     def handleError(self, packet):
         task = super(SubmitClient, self).handleError(packet)

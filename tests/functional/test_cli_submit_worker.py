@@ -2,13 +2,13 @@
 libgearman's ``gearman`` tool, against geard and gearmand."""
 
 import os
-import shutil
 import signal
 import subprocess
 import threading
 import time
 
 import fixtures
+import pytest
 import testtools
 
 import gear
@@ -16,15 +16,7 @@ from gear.testing import GearServerFixture
 from tests.functional.test_cli_admin import (
     CLI_TIMEOUT, REPO, WAIT, GeardMixin, GearmandMixin, cli_command, cli_env,
     run_cli)
-from tests.gearmand import free_port
-
-GEARMAN = os.environ.get('GEARMAN', '/usr/bin/gearman')
-
-
-def gearman_tool():
-    if os.path.isfile(GEARMAN) and os.access(GEARMAN, os.X_OK):
-        return GEARMAN
-    return shutil.which('gearman')
+from tests.gearmand import free_port, skip_without, tool_path
 
 
 class SubmitWorkerChecks(object):
@@ -59,6 +51,7 @@ class SubmitWorkerChecks(object):
         self.assertEqual(data, result.stdout)
         self.assertEqual(0, self.finished(worker)[0])
 
+    @pytest.mark.slow
     def test_lines_with_progress(self):
         count = 300
         worker = self.worker(['cli_lines'], ['tr', 'a-z', 'A-Z'],
@@ -94,6 +87,7 @@ class SubmitWorkerChecks(object):
         jobs = {j['handle'] for j in self.admin_json('jobs')}
         self.assertTrue(set(handles) <= jobs, (handles, jobs))
 
+    @pytest.mark.slow
     def test_background_options(self):
         result = self.submit('-f', 'cli_same', '-b', '-u', 'one-id', 'a',
                              'b')
@@ -204,10 +198,10 @@ class SubmitWorkerChecks(object):
         self.assertFalse(os.path.exists('/proc/%d' % pid),
                          'the command outlived its worker')
 
+    @pytest.mark.interop
     def test_gearman_client_against_gear_worker(self):
-        tool = gearman_tool()
-        if tool is None:
-            self.skipTest('gearman (gearman-tools) is not installed')
+        skip_without(self, 'gearman')
+        tool = tool_path('gearman')
         worker = self.worker(['cli_gm_up'], ['tr', 'a-z', 'A-Z'],
                              '--count', '1')
         result = subprocess.run(
@@ -219,10 +213,10 @@ class SubmitWorkerChecks(object):
                          result.stderr)
         self.assertEqual(0, self.finished(worker)[0])
 
+    @pytest.mark.interop
     def test_gear_submit_against_gearman_worker(self):
-        tool = gearman_tool()
-        if tool is None:
-            self.skipTest('gearman (gearman-tools) is not installed')
+        skip_without(self, 'gearman')
+        tool = tool_path('gearman')
         worker = subprocess.Popen(
             [tool, '-h', '127.0.0.1', '-p', str(self.port), '-w', '-f',
              'cli_gm_rev', '-c', '1', '--', 'rev'],
@@ -245,6 +239,7 @@ class TestSubmitWorkerGeard(GeardMixin, SubmitWorkerChecks,
     pass
 
 
+@pytest.mark.interop
 class TestSubmitWorkerGearmand(GearmandMixin, SubmitWorkerChecks,
                                testtools.TestCase):
     pass

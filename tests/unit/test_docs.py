@@ -28,6 +28,7 @@ import sys
 import textwrap
 import unittest
 
+import pytest
 import fixtures
 import testtools
 
@@ -103,6 +104,7 @@ class TestDocsBuild(testtools.TestCase):
             self.skipTest('sphinx is not installed (pip install -r '
                           'doc-requirements.txt)')
 
+    @pytest.mark.slow
     def test_build_without_warnings(self):
         out = self.useFixture(fixtures.TempDir()).path
         html = os.path.join(out, 'html')
