@@ -129,6 +129,13 @@ def add_verbose_argument(parser):
                         help='log more (repeat for debug output)')
 
 
+def add_version_argument(parser):
+    """``--version``: the gear release this tool belongs to."""
+    from gear.version import __version__
+    parser.add_argument('--version', action='version',
+                        version='%(prog)s ' + __version__)
+
+
 def setup_logging(prog, verbosity=0):
     """Log to stderr: the tool's own warnings, the library's errors.
 

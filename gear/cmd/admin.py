@@ -417,6 +417,7 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_server_arguments(parser)
     _add_output_arguments(parser, suppress=False)
+    common.add_version_argument(parser)
     commands = parser.add_subparsers(dest='command', metavar='COMMAND')
     commands.required = True
 

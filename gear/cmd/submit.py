@@ -300,6 +300,7 @@ def build_parser():
                              '%(default)s)')
     common.add_server_arguments(parser)
     common.add_verbose_argument(parser)
+    common.add_version_argument(parser)
     return parser
 
 

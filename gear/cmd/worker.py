@@ -227,6 +227,7 @@ def build_parser():
     common.add_connect_timeout_argument(parser)
     common.add_server_arguments(parser)
     common.add_verbose_argument(parser)
+    common.add_version_argument(parser)
     return parser
 
 
