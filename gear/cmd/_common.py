@@ -154,6 +154,12 @@ def setup_logging(prog, verbosity=0):
         logging.WARNING if verbosity == 1 else logging.ERROR)
 
 
+def say(prog, text):
+    """Tell the user something on stderr, whatever the log level."""
+    sys.stderr.write('%s: %s\n' % (prog, text))
+    sys.stderr.flush()
+
+
 # Addresses and error messages
 
 def format_address(host, port):
@@ -227,11 +233,15 @@ def describe_connect_failure(address, error_text, files=(None,) * 3):
 
 
 def describe_lost_connection(address, error, files=(None,) * 3,
-                             waiting_for=None):
-    """One line for a connection that broke after it was made."""
+                             waiting_for=None, answered=False):
+    """One line for a connection that broke after it was made.
+
+    A server that has ``answered`` before has shown that it speaks the
+    protocol on this port: its going away says nothing about TLS.
+    """
     what = ' before it answered %s' % waiting_for if waiting_for else ''
     tls_hint_text = None
-    if not files[0] and (error is None or isinstance(
+    if not files[0] and not answered and (error is None or isinstance(
             error, (ConnectionResetError, BrokenPipeError))):
         # A TLS server drops a plain client that sends it text.
         tls_hint_text = ('does the server expect TLS? see --ssl-key, '
@@ -242,7 +252,7 @@ def describe_lost_connection(address, error, files=(None,) * 3,
     else:
         reason = exception_reason(error) if isinstance(error, OSError) \
             else clean_reason(error)
-        if files[0]:
+        if files[0] and not answered:
             tls_hint_text = tls_hint(reason, files)
         text = 'the connection to %s failed%s: %s' % (address, what, reason)
     if tls_hint_text:
