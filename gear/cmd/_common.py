@@ -30,10 +30,12 @@ EXIT_CONNECTION = 3
 EXIT_STATUS_HELP = """\
 exit status:
   0  success
-  1  the server refused a command, or a job failed or timed out
-  2  bad usage: unknown option, missing argument, unreadable TLS file
-  3  no server: cannot connect, TLS handshake failed, no reply in time,
-     or the connection was lost
+  1  the server refused a command, a job failed or timed out,
+     or no worker serves the function
+  2  bad usage: unknown option, missing argument, unreadable
+     TLS file
+  3  no server: cannot connect, TLS handshake failed, no reply
+     in time, or the connection was lost
 """
 
 
