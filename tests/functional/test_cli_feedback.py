@@ -87,6 +87,14 @@ class TestSubmitFeedback(GeardMixin, testtools.TestCase):
         self.assertEqual(0, result.returncode, result.stderr)
         self.assertEqual((1, 0, 0), self.status()['fb_later'])
 
+    def test_background_lines_summary(self):
+        result = run_cli('submit', '-p', self.port, '-f', 'fb_bg', '-b',
+                         '--lines', input=b'a\nb\n')
+        self.assertEqual(0, result.returncode, result.stderr)
+        self.assertEqual(2, len(result.stdout.split()), result.stdout)
+        self.assertEqual(b'gear-submit: 2 submitted, 0 refused\n',
+                         result.stderr)
+
     def test_lines_marks_failures_and_prints_a_summary(self):
         self.start_cli(
             'worker', '-p', self.port, '-f', 'fb_odd', '--', 'sh', '-c',
