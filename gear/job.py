@@ -172,6 +172,8 @@ class Job(BaseJob):
 
     @property
     def data(self):
+        """What the worker sent back: a list with the payload of every
+        non-empty WORK_DATA, WORK_WARNING and WORK_COMPLETE, in order."""
         return self._data
 
     @data.setter
@@ -192,6 +194,8 @@ class Job(BaseJob):
 
     @property
     def exception(self):
+        """The payload of WORK_EXCEPTION, or None.  Servers forward it
+        only to clients created with ``exceptions=True``."""
         return self._exception
 
     @exception.setter

@@ -61,7 +61,14 @@ def _int_at_least(minimum):
     return convert
 
 
-_port = _int_at_least(0)
+def _port(text):
+    value = _int_at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(
+            'port %d is out of range 0-65535' % value)
+    return value
+
+
 _positive = _int_at_least(1)
 _non_negative = _int_at_least(0)
 

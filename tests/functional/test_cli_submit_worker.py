@@ -25,11 +25,16 @@ class SubmitWorkerChecks(object):
         return run_cli('submit', '-p', self.port, *args, **kwargs)
 
     def worker(self, functions, command, *options):
+        """Start gear-worker and wait until the server lists it (without
+        a worker, gear-submit refuses to wait)."""
         args = ['-p', self.port]
         for name in functions:
             args += ['-f', name]
-        return self.start_cli('worker', *(args + list(options) + ['--'] +
-                                          list(command)))
+        process = self.start_cli('worker', *(args + list(options) + ['--'] +
+                                             list(command)))
+        for name in functions:
+            self.wait_workers(name)
+        return process
 
     def finished(self, process):
         out, err = process.communicate(timeout=CLI_TIMEOUT)
@@ -137,6 +142,7 @@ class SubmitWorkerChecks(object):
         thread.daemon = True
         thread.start()
         self.addCleanup(thread.join, WAIT)
+        self.wait_workers('cli_exc')
         result = self.submit('-f', 'cli_exc', 'x')
         self.assertEqual(1, result.returncode)
         self.assertRegex(result.stderr.decode(),
@@ -157,10 +163,13 @@ class SubmitWorkerChecks(object):
                          result.stderr)
 
     def test_timeout(self):
-        result = self.submit('-f', 'cli_nobody', '--timeout', '0.3', 'x')
+        result = self.submit('-f', 'cli_nobody', '--wait-for-worker',
+                             '--timeout', '0.3', 'x')
         self.assertEqual(1, result.returncode)
         self.assertRegex(result.stderr.decode(),
-                         r'^gear-submit: the job \(\S+\) did not finish '
+                         r'^gear-submit: no worker has registered cli_nobody '
+                         r'on 127\.0\.0\.1:\d+ yet; waiting for one\n'
+                         r'gear-submit: the job \(\S+\) did not finish '
                          r'within 0\.3 s\n$')
 
     def test_worker_client_id_and_clean_stop(self):
@@ -228,6 +237,7 @@ class SubmitWorkerChecks(object):
                 worker.kill()
             worker.communicate(timeout=CLI_TIMEOUT)
         self.addCleanup(stop)
+        self.wait_workers('cli_gm_rev')
         result = self.submit('-f', 'cli_gm_rev', 'abc\n')
         self.assertEqual((0, b'cba\n'), (result.returncode, result.stdout),
                          result.stderr)
@@ -292,8 +302,9 @@ class TestSubmitWorkerTLS(testtools.TestCase):
             cwd=REPO, env=cli_env(), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.addCleanup(lambda: worker.poll() is None and worker.kill())
-        result = run_cli('submit', *(tls('client') + ['-f', 'cli_tls',
-                                                      'secret']))
+        # The worker may still be connecting: queue the job for it.
+        result = run_cli('submit', *(tls('client') + [
+            '-f', 'cli_tls', '--wait-for-worker', 'secret']))
         self.assertEqual((0, b'SECRET'), (result.returncode, result.stdout),
                          result.stderr)
         _, err = worker.communicate(timeout=CLI_TIMEOUT)

@@ -175,6 +175,14 @@ class TestFlags(testtools.TestCase):
         self.assertEqual('/etc/geard/acl.ini',
                          parse('--acl', '/etc/geard/acl.ini').acl)
 
+    def test_port_out_of_range_is_a_usage_error(self):
+        with testtools.ExpectedException(SystemExit, '2'):
+            parse('-p', '99999')
+        self.assertIn('geard: error: argument -p/--port: port 99999 is out '
+                      'of range 0-65535', self.stderr.getvalue())
+        self.assertRejected('-p', '-1')
+        self.assertEqual(65535, parse('-p', '65535').port)
+
     def test_unknown_flag(self):
         self.assertRejected('--no-such-flag')
 
