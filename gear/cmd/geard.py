@@ -340,6 +340,20 @@ def check_port(args):
         sock.close()
 
 
+def check_store(args):
+    """Open and check the job store once before detaching, so that a
+    damaged store or one in use by another server is reported on the
+    terminal; the daemon opens it again (and holds it) once detached."""
+    if not args.store:
+        return
+    from gear.errors import ConfigurationError
+    from gear.server.sqlite_store import SqliteStore
+    try:
+        SqliteStore(args.store).close()
+    except ConfigurationError as e:
+        raise StartupError(str(e))
+
+
 def describe_server_error(args, e):
     """One line for an exception raised while constructing the Server."""
     from gear.errors import ConfigurationError
@@ -673,6 +687,7 @@ def main(argv=None):
         context = None
         if not args.nodaemon:
             check_port(args)
+            check_store(args)
             context = daemon_context(args)
     except StartupError as e:
         return _fail(str(e))
