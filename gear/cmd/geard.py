@@ -124,13 +124,15 @@ def build_parser():
                              'then the job fails (default: unlimited)')
     parser.add_argument('--store', dest='store', metavar='PATH',
                         help='SQLite file that keeps background jobs '
-                             'across restarts')
+                             'across restarts; checked completely at '
+                             'start and locked (PATH.lock) while geard '
+                             'runs')
     parser.add_argument('--store-sync', dest='store_sync',
                         choices=('normal', 'full'), default='normal',
                         help='normal: a stored job survives the server '
                              'being killed; full: it also survives a '
-                             'power loss, at one fsync per loop turn '
-                             '(default %(default)s)')
+                             'power loss or a disk error, at one fsync '
+                             'per loop turn (default %(default)s)')
     parser.add_argument('--exceptions', dest='exceptions',
                         action='store_true',
                         help='forward WORK_EXCEPTION to every client by '
