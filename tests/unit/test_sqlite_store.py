@@ -240,6 +240,17 @@ class TestOpening(testtools.TestCase):
         # Without the check the damage goes unnoticed until a read.
         SqliteStore(self.path, check=False).close()
 
+    def test_cut_file_is_refused(self):
+        # A copy that stopped half-way, as on a full disk.
+        store = SqliteStore(self.path, group_commit=True)
+        for n in range(1, 2001):
+            store.add(FakeJob(b'H:c:%d' % n, arguments=b'a' * 100))
+        store.close()
+        with open(self.path, 'r+b') as f:
+            f.truncate(os.path.getsize(self.path) // 2)
+        e = self.assertRaises(StoreError, SqliteStore, self.path)
+        self.assertIn('job store %s is damaged' % self.path, str(e))
+
     def test_server_refuses_a_damaged_store(self):
         from gear.server.server import Server
         open(self.path, 'wb').close()
