@@ -47,7 +47,7 @@ from gear.server.jobs import CompactServerJob, ServerJob
 from gear.server.poller import (
     _EV_READ, _EV_WRITE, _HAS_EPOLL, _READ_MASK, Poller)
 from gear.server.queue import JobQueue, unique_key
-from gear.server.store import open_store
+from gear.server.store import StoreError, open_store
 from gear.server.util import MAX_HANDLE, _CloseConnection, _to_bytes
 
 REQ = constants.REQ
@@ -246,7 +246,11 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self.wake_write = self.connect_wake_write
         self.poll.register(self.connect_wake_read, _EV_READ)
 
-        self._replay()
+        try:
+            self._replay()
+        except Exception:
+            self._cleanup()
+            raise
 
         self.poll_thread = threading.Thread(
             name='Gearman server poll', target=self._doPollLoop)
@@ -336,9 +340,13 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
             self.queue.max_handle = start
         try:
             stored = list(self.store.load() or ())
-        except Exception:
-            self.log.exception("Job store could not be read")
-            return
+        except StoreError:
+            raise
+        except Exception as e:
+            # Serving part of the jobs, or none, would hide the loss and
+            # pile new jobs onto a store that cannot be read back.
+            raise StoreError("Job store could not be read: %s: %s"
+                             % (type(e).__name__, e))
         now = time.time()
         for record in stored:
             try:

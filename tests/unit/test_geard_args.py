@@ -296,6 +296,24 @@ class TestStartupChecks(testtools.TestCase):
         e = self.assertRaises(geard.StartupError, geard.check_port, args)
         self.assertIn('127.0.0.1:%d' % port, str(e))
 
+    def test_store_checked_before_detaching(self):
+        path = os.path.join(self.dir, 'jobs.db')
+        geard.check_store(parse())
+        geard.check_store(parse('--store', path))
+        # The check does not keep the store: the daemon opens it again.
+        from gear.server.sqlite_store import SqliteStore
+        held = SqliteStore(path)
+        self.addCleanup(held.close)
+        e = self.assertRaises(geard.StartupError, geard.check_store,
+                              parse('--store', path))
+        self.assertIn('job store %s is in use by another server' % path,
+                      str(e))
+        empty = os.path.join(self.dir, 'empty.db')
+        open(empty, 'wb').close()
+        e = self.assertRaises(geard.StartupError, geard.check_store,
+                              parse('--store', empty))
+        self.assertIn('job store %s is damaged' % empty, str(e))
+
     def test_log_config_missing(self):
         args = parse('-d', '--log-config', os.path.join(self.dir, 'x.conf'))
         e = self.assertRaises(geard.StartupError, geard.setup_logging, args)
