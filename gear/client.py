@@ -402,7 +402,8 @@ class Client(BaseClient):
         exception, else None.
 
         It runs in the client's poll thread (``'lost'`` may also come from
-        the resubmission thread or :meth:`shutdown`): it must not block.
+        the resubmission thread or
+        :meth:`~gear.BaseClientServer.shutdown`): it must not block.
         An exception it raises is logged and otherwise ignored.  Override
         it, or set ``job_callback``, instead of the ``handleWork*``
         methods; those still work as in gear 0.16.
