@@ -114,7 +114,7 @@ class TestAdminRender(testtools.TestCase):
     def test_acl_grant_takes_the_admin_right(self):
         args = admin_cmd.parse_args(['acl', 'grant', 'admin', 'bob'])
         request = args.request_factory()
-        self.assertEqual(b'acl grant admin bob', request.getCommand())
+        self.assertEqual(b'acl grant admin bob\n', request.getCommand())
 
     def test_single_values_and_ok(self):
         self.assertEqual({'version': '1.1.20'}, json.loads(
