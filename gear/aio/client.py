@@ -369,7 +369,7 @@ class AsyncClient(Endpoint):
     async def submit_many(self, jobs: Iterable[JobSpec],
                           background: bool = True,
                           precedence: int = constants.PRECEDENCE_NORMAL,
-                          window: int = 1024,
+                          window: int = 512,
                           server: Optional[str] = None) -> List[AsyncJob]:
         """Submit many jobs over one connection, pipelined.
 
