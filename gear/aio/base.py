@@ -210,7 +210,7 @@ class Endpoint(object):
         An ERROR reply is returned too, not raised.  If the wait is
         cancelled or times out, the reply is still consumed later.
 
-        :raises ConnectionError: the connection was lost first.
+        :raises gear.ConnectionError: the connection was lost first.
         """
         future: 'asyncio.Future[Tuple[int, bytes]]' = \
             asyncio.get_running_loop().create_future()

@@ -314,7 +314,7 @@ class AsyncClient(Endpoint):
         :arg precedence: one of ``gear.PRECEDENCE_*``.
         :arg when: run no earlier than this (epoch seconds or an aware
             datetime); needs ``background=True``.
-        :raises NoConnectedServersError: no server is connected.
+        :raises gear.NoConnectedServersError: no server is connected.
         :raises SubmitError: every server refused it (the last ERROR).
         :raises asyncio.TimeoutError: no JOB_CREATED within ``timeout``
             (the late reply is consumed, and the job not followed).
@@ -382,7 +382,7 @@ class AsyncClient(Endpoint):
         :arg server: ``'host:port'`` to use (else the next in turn).
         :raises SubmitError: some submissions were refused (the others
             were made); ``str()`` says how many.
-        :raises ConnectionError: the connection was lost.
+        :raises gear.ConnectionError: the connection was lost.
         """
         if window < 1:
             raise ValueError('window must be at least 1')

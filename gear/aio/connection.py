@@ -201,7 +201,7 @@ class Connection(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         """Queue ``data``; it leaves at the end of this loop turn.
 
-        :raises ConnectionError: the connection is closed.
+        :raises gear.ConnectionError: the connection is closed.
         """
         if not self.connected:
             raise ConnectionError('Not connected to %s' % self.name)
