@@ -24,6 +24,7 @@ import array
 import asyncio
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -184,7 +185,7 @@ async def aio_work(server, n, concurrency):
 
 # -- driver -------------------------------------------------------------------
 
-def measure(server, n, concurrency):
+def measure(server, n, concurrency, round_no=1):
     """Yield one result dictionary per measurement against ``server``."""
     runs = (
         ('submit', 'thread', lambda: thread_submit(server, n)),
@@ -196,24 +197,36 @@ def measure(server, n, concurrency):
     for scenario, api, run in runs:
         elapsed, cpu = run()
         yield {'server': server.name, 'scenario': scenario, 'api': api,
-               'n': n, 'concurrency': concurrency,
+               'round': round_no, 'n': n, 'concurrency': concurrency,
                'seconds': round(elapsed, 4),
                'jobs_per_s': round(n / elapsed, 1),
                'client_cpu_us_per_job': round(cpu * 1e6 / n, 1)}
 
 
+def _median(results, key, field):
+    values = [r[field] for r in results
+              if (r['server'], r['scenario'], r['api']) == key]
+    return statistics.median(values) if values else None
+
+
 def table(results):
-    lines = ['%-10s %-7s %12s %12s %7s' % (
-        'server', 'scenario', 'thread/s', 'aio/s', 'ratio')]
-    rates = {(r['server'], r['scenario'], r['api']): r['jobs_per_s']
-             for r in results}
+    """Medians over the rounds: jobs/s and client CPU per job."""
+    lines = ['%-9s %-7s %9s %9s %6s %11s %11s %6s' % (
+        'server', 'scenario', 'thread/s', 'aio/s', 'ratio',
+        'thread us/j', 'aio us/j', 'ratio')]
     for server, scenario in sorted({(r['server'], r['scenario'])
                                     for r in results}):
-        thread = rates.get((server, scenario, 'thread'))
-        fast = rates.get((server, scenario, 'aio'))
-        if thread and fast:
-            lines.append('%-10s %-7s %12.0f %12.0f %6.1fx' % (
-                server, scenario, thread, fast, fast / thread))
+        row = []
+        for field in ('jobs_per_s', 'client_cpu_us_per_job'):
+            thread = _median(results, (server, scenario, 'thread'), field)
+            fast = _median(results, (server, scenario, 'aio'), field)
+            if not thread or not fast:
+                break
+            ratio = fast / thread if field == 'jobs_per_s' \
+                else thread / fast
+            row.append('%9.0f %9.0f %5.1fx' % (thread, fast, ratio))
+        if len(row) == 2:
+            lines.append('%-9s %-7s %s %s' % (server, scenario, *row))
     return '\n'.join(lines)
 
 
@@ -226,25 +239,37 @@ def main(argv=None):
     parser.add_argument('--concurrency', type=int, default=8,
                         help='jobs at once per worker (default '
                         '%(default)s)')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='repeat every measurement; the table shows'
+                        ' medians (default %(default)s)')
     opts = parser.parse_args(argv)
     results = []
     failed = False
-    for name in opts.servers.split(','):
-        try:
-            server = servers_mod.make_server(name.strip())
-        except servers_mod.ServerUnavailable as e:
-            print(json.dumps({'server': name, 'skipped': str(e)}),
-                  flush=True)
-            continue
-        with server:
+    names = [name.strip() for name in opts.servers.split(',')]
+    skipped = set()
+    # Rounds alternate between the servers, so that a busy moment of the
+    # machine does not fall on one server's runs only.
+    for round_no in range(1, opts.rounds + 1):
+        for name in names:
+            if name in skipped:
+                continue
             try:
-                for result in measure(server, opts.n, opts.concurrency):
-                    results.append(result)
-                    print(json.dumps(result), flush=True)
-            except (BenchError, library.LoadError) as e:
-                print(json.dumps({'server': name, 'error': str(e)}),
+                server = servers_mod.make_server(name)
+            except servers_mod.ServerUnavailable as e:
+                print(json.dumps({'server': name, 'skipped': str(e)}),
                       flush=True)
-                failed = True
+                skipped.add(name)
+                continue
+            with server:
+                try:
+                    for result in measure(server, opts.n,
+                                          opts.concurrency, round_no):
+                        results.append(result)
+                        print(json.dumps(result), flush=True)
+                except (BenchError, library.LoadError) as e:
+                    print(json.dumps({'server': name, 'error': str(e)}),
+                          flush=True)
+                    failed = True
     sys.stdout.flush()
     print(table(results), file=sys.stderr)
     return 1 if failed else 0

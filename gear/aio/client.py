@@ -97,7 +97,8 @@ class AsyncJob(Job):
         self._result: Optional[bytes] = None
         self._outcome: Optional[BaseException] = None
         self._done: Optional['asyncio.Future[None]'] = None
-        self._updates: Deque[JobUpdate] = collections.deque()
+        # Made on the first update: most jobs never get one.
+        self._updates: Optional[Deque[JobUpdate]] = None
         self._update_waiter: Optional['asyncio.Future[None]'] = None
 
     def __repr__(self) -> str:
@@ -151,6 +152,8 @@ class AsyncJob(Job):
     # Called by the client as packets arrive.
 
     def _push(self, update: JobUpdate) -> None:
+        if self._updates is None:
+            self._updates = collections.deque()
         self._updates.append(update)
         self._wake_reader()
 
