@@ -174,6 +174,10 @@ class Endpoint(object):
                 # that accepts and drops connections gets the backoff.
                 await self.round_trip(conn, constants.ECHO_REQ, b'gear',
                                       self.connect_timeout)
+            except asyncio.CancelledError:
+                conn.abort()
+                self._lost(conn)
+                raise
             except (ConnectionError, OSError, asyncio.TimeoutError) as e:
                 conn.abort()
                 await conn.wait_closed()

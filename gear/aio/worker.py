@@ -130,7 +130,9 @@ class AsyncWorker(Endpoint):
                          max_packet_size)
         self.concurrency = concurrency
         self.functions: Dict[bytes, _Function] = {}
-        self._slots = asyncio.Semaphore(concurrency)
+        # Made in the event loop (a Python 3.9 Semaphore binds the loop
+        # current at construction).
+        self._slot_pool: Optional[asyncio.Semaphore] = None
         self._started = False
         self._stopping = False
         self._stopped: Optional['asyncio.Future[None]'] = None
@@ -234,6 +236,12 @@ class AsyncWorker(Endpoint):
         await super().close()
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(None)
+
+    @property
+    def _slots(self) -> asyncio.Semaphore:
+        if self._slot_pool is None:
+            self._slot_pool = asyncio.Semaphore(self.concurrency)
+        return self._slot_pool
 
     @property
     def running_jobs(self) -> int:
