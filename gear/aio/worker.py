@@ -3,7 +3,7 @@
 import asyncio
 import math
 from typing import (
-    Awaitable, Callable, Dict, List, Optional, Set, Union)
+    Awaitable, Callable, Dict, List, Optional, Set, Tuple, Union)
 
 from gear import constants
 from gear.errors import ConfigurationError, ConnectionError, GearmanError
@@ -138,7 +138,12 @@ class AsyncWorker(Endpoint):
         self._stopped: Optional['asyncio.Future[None]'] = None
         self._noop: Dict[Connection, 'asyncio.Future[None]'] = {}
         self._grabbers: Dict[Connection, Set['asyncio.Task[None]']] = {}
-        self._jobs: Dict['asyncio.Task[None]', Connection] = {}
+        # The job each running task works on, and its connection; and
+        # the CANT_DOs that wait for running jobs of an unregistered
+        # function.
+        self._jobs: Dict['asyncio.Task[None]',
+                         Tuple[AsyncWorkerJob, Connection]] = {}
+        self._deferred_cant_do: Set[Tuple[Connection, bytes]] = set()
 
     def __repr__(self) -> str:
         return '<gear.aio.AsyncWorker %r>' % (self.client_id,)
@@ -160,12 +165,22 @@ class AsyncWorker(Endpoint):
             self._send_can_do(conn, function)
 
     def unregister(self, name: Data) -> None:
-        """Stop offering ``name`` (CANT_DO)."""
+        """Stop offering ``name`` (CANT_DO).
+
+        Where jobs of ``name`` are still running, CANT_DO waits for them
+        to finish: gearmand would otherwise requeue them, and they would
+        run twice.
+        """
         key = convert_to_bytes(name)
         if self.functions.pop(key, None) is None:
             return
+        busy = {(conn, job.binary_name) for job, conn in
+                self._jobs.values()}
         for conn in self.connections:
-            conn.send_packet(constants.CANT_DO, key)
+            if (conn, key) in busy:
+                self._deferred_cant_do.add((conn, key))
+            else:
+                conn.send_packet(constants.CANT_DO, key)
 
     @staticmethod
     def _send_can_do(conn: Connection, function: _Function) -> None:
@@ -322,7 +337,7 @@ class AsyncWorker(Endpoint):
     def _start_job(self, conn: Connection, job: AsyncWorkerJob) -> None:
         task = asyncio.get_running_loop().create_task(
             self._run_job(conn, job))
-        self._jobs[task] = conn
+        self._jobs[task] = (job, conn)
 
     async def _run_job(self, conn: Connection, job: AsyncWorkerJob) -> None:
         try:
@@ -361,6 +376,17 @@ class AsyncWorker(Endpoint):
             if current is not None:
                 self._jobs.pop(current, None)
             self._slots.release()
+            self._send_deferred_cant_do(conn, job.binary_name)
+
+    def _send_deferred_cant_do(self, conn: Connection, name: bytes) -> None:
+        if (conn, name) not in self._deferred_cant_do:
+            return
+        if any(c is conn and j.binary_name == name
+               for j, c in self._jobs.values()):
+            return
+        self._deferred_cant_do.discard((conn, name))
+        if conn.connected and name not in self.functions:
+            conn.send_packet(constants.CANT_DO, name)
 
     def _finish(self, conn: Connection, job: AsyncWorkerJob, ptype: int,
                 data: Optional[bytes]) -> None:
@@ -374,9 +400,11 @@ class AsyncWorker(Endpoint):
 
     def _lost(self, conn: Connection) -> None:
         self._wake(conn)
+        self._deferred_cant_do = {
+            (c, name) for c, name in self._deferred_cant_do if c is not conn}
         self._grabbers.pop(conn, None)
         # Their results could not be delivered: the server gives the
         # jobs to another worker.
-        for task, job_conn in list(self._jobs.items()):
+        for task, (_job, job_conn) in list(self._jobs.items()):
             if job_conn is conn:
                 task.cancel()

@@ -435,3 +435,37 @@ async def test_client_without_server():
     with pytest.raises(gear.NoConnectedServersError):
         await client.submit('f', b'')
     await client.close()
+
+
+async def test_unregister_waits_for_running_jobs(server):
+    started = asyncio.Event()
+    release = asyncio.Event()
+    runs = []
+
+    async def held(job):
+        runs.append(job.handle)
+        started.set()
+        await release.wait()
+        return b'once'
+
+    async with aio.AsyncClient('c') as client, \
+            Running(server.port, [('held', held)]) as worker:
+        await connect(client, server.port)
+        job = await client.submit('held', b'')
+        await asyncio.wait_for(started.wait(), WAIT)
+        # A CANT_DO now would make the server requeue the running job.
+        worker.unregister('held')
+        rows = {r[0]: r for r in await client.status()}
+        assert rows['held'][2:] == (1, 1)
+        release.set()
+        assert await job.result(WAIT) == b'once'
+
+        async def unregistered():
+            rows = {r[0]: r for r in await client.status()}
+            return rows.get('held', ('held', 0, 0, 0))[3] == 0
+        for _ in range(int(WAIT / 0.01)):
+            if await unregistered():
+                break
+            await asyncio.sleep(0.01)
+        assert await unregistered()
+    assert len(runs) == 1
