@@ -228,17 +228,27 @@ class AsyncWorker(Endpoint):
         self._stopping = True
         for conn in list(self._noop):
             self._wake(conn)
-        tasks: List['asyncio.Task[None]'] = list(self._jobs)
-        for grabbers in self._grabbers.values():
-            tasks.extend(grabbers)
-        if tasks:
-            _done, pending = await asyncio.wait(tasks, timeout=timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        # A grab still in flight may yet bring a job, which runs too:
+        # wait until no grab and no job is left.
+        while True:
+            tasks: List['asyncio.Task[None]'] = list(self._jobs)
+            for grabbers in self._grabbers.values():
+                tasks.extend(grabbers)
+            if not tasks:
+                break
+            remaining = None if deadline is None else \
+                max(0.0, deadline - loop.time())
+            _done, pending = await asyncio.wait(tasks, timeout=remaining)
+            if pending and deadline is not None and \
+                    loop.time() >= deadline:
+                for task in pending:
+                    task.cancel()
                 self.log.warning('Cancelled %d jobs still running at stop',
-                                 len(pending))
+                                 len(self._jobs))
                 await asyncio.wait(pending)
+                break
         await self.close()
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(None)

@@ -469,3 +469,37 @@ async def test_unregister_waits_for_running_jobs(server):
             await asyncio.sleep(0.01)
         assert await unregistered()
     assert len(runs) == 1
+
+
+async def test_stop_timeout_cancels_and_the_server_requeues(server):
+    started = asyncio.Event()
+    cancelled = []
+
+    async def hangs(job):
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(job.handle)
+            raise
+
+    async with aio.AsyncClient('c') as client:
+        await connect(client, server.port)
+        worker = aio.AsyncWorker('w')
+        worker.register('hangs', hangs)
+        await connect(worker, server.port)
+        run = asyncio.create_task(worker.run())
+        job = await client.submit('hangs', b'', background=True)
+        await asyncio.wait_for(started.wait(), WAIT)
+        await asyncio.wait_for(worker.stop(timeout=0.1), WAIT)
+        await asyncio.wait_for(run, WAIT)
+        assert cancelled == [job.handle]
+
+        async def requeued():
+            await client.get_status(job, WAIT)
+            return job.known and not job.running
+        for _ in range(int(WAIT / 0.01)):
+            if await requeued():
+                break
+            await asyncio.sleep(0.01)
+        assert await requeued()
