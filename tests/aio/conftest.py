@@ -42,7 +42,8 @@ def _gearmand():
     return GearmandFixture()
 
 
-@pytest.fixture(params=['geard', 'gearmand'])
+@pytest.fixture(params=['geard', pytest.param(
+    'gearmand', marks=pytest.mark.interop)])
 def server(request):
     """A running server of each kind: ``.kind``, ``.port``."""
     if request.param == 'gearmand':

@@ -132,6 +132,7 @@ async def test_priorities(server):
     assert order == [b'high', b'normal', b'low']
 
 
+@pytest.mark.slow
 async def test_epoch_jobs(server):
     ran = {}
 
@@ -243,6 +244,7 @@ async def test_submit_timeout_consumes_the_late_reply(geard):
         assert rows['f'] == 2
 
 
+@pytest.mark.slow
 async def test_can_do_timeout_requeues(server):
     attempts = []
 
