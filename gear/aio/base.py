@@ -95,6 +95,11 @@ class Endpoint(object):
         connection uses TLS, verifying the server against that CA and
         presenting ``ssl_cert``/``ssl_key`` when given.
         """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError('add_server() needs a running event loop:'
+                               ' call it from a coroutine') from None
         if self._closing:
             raise ConfigurationError('%r is closed' % (self,))
         for server in self.servers:
@@ -107,8 +112,7 @@ class Endpoint(object):
                                          check_hostname=check_hostname)
         server = Server(host, int(port), context)
         self.servers.append(server)
-        server.task = asyncio.get_running_loop().create_task(
-            self._keep_connected(server))
+        server.task = loop.create_task(self._keep_connected(server))
         return server
 
     @property

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import gear
 from gear.testing import GearServerFixture
 from tests.gearmand import GearmandFixture, gearmand_path
 
@@ -30,10 +31,12 @@ class Target(object):
         return self.fixture.port
 
     def restart(self):
+        """Stop the server and start a new one on the same port."""
         if self.kind == 'gearmand':
             self.fixture.restart()
         else:
-            raise NotImplementedError('restart a geard with its own test')
+            self.fixture.server.shutdown()
+            self.fixture.server = gear.Server(self.port, host=HOST)
 
 
 def _gearmand():

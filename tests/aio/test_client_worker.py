@@ -342,8 +342,6 @@ async def test_worker_reconnects_and_job_is_requeued(server):
 
 
 async def test_server_restart_loses_foreground_jobs(server):
-    if server.kind != 'gearmand':
-        pytest.skip('geard restarts are tested with a job store below')
     async with aio.AsyncClient('c', retry=fast_retry()) as client:
         await connect(client, server.port)
         job = await client.submit('nobody', b'')
@@ -351,6 +349,7 @@ async def test_server_restart_loses_foreground_jobs(server):
         with pytest.raises(aio.JobLostError):
             await job.result(WAIT)
         assert job.disconnected
+        # The client comes back by itself.
         await client.wait_for_server(WAIT)
         async with Running(server.port, [('rev', reverse)]):
             again = await client.submit('rev', b'ab')

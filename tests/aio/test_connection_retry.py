@@ -164,3 +164,11 @@ def test_retry_gives_up_after_its_retries():
     assert forever.delay(10 ** 6) == 0.0
     with pytest.raises(ValueError):
         aio.ConstantBackoff(-1)
+
+
+def test_add_server_needs_a_running_loop():
+    client = aio.AsyncClient('c')
+    with pytest.raises(RuntimeError) as info:
+        client.add_server(HOST, 4730)
+    assert 'running event loop' in str(info.value)
+    assert client.servers == []
