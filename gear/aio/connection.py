@@ -167,7 +167,12 @@ class Connection(asyncio.Protocol):
         elif ptype == constants.ERROR:
             self._dispatch_error(payload)
         else:
-            self._on_packet(self, ptype, payload)
+            try:
+                self._on_packet(self, ptype, payload)
+            except Exception:
+                # One bad packet must not take the connection down.
+                log.exception('%s: handling %s failed', self.name,
+                              constants.types.get(ptype, ptype))
 
     def _dispatch_error(self, payload: bytes) -> None:
         pending = self._pending
