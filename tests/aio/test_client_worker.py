@@ -504,3 +504,40 @@ async def test_stop_timeout_cancels_and_the_server_requeues(server):
                 break
             await asyncio.sleep(0.01)
         assert await requeued()
+
+
+async def test_refused_submissions(server):
+    async with aio.AsyncClient('c') as client:
+        await connect(client, server.port)
+        # gearmand keeps a limit only for a function it knows.
+        await client.submit('limited', b'first', background=True)
+        await client.admin(gear.MaxQueueAdminRequest('limited', 3))
+        with pytest.raises(aio.SubmitError) as info:
+            await client.submit_many(
+                [('limited', b'%d' % i) for i in range(5)])
+        assert '3 of 5 submissions refused' in str(info.value)
+        with pytest.raises(aio.SubmitError) as info:
+            await client.submit('limited', b'one more', background=True)
+        assert info.value.code == 'QUEUE_ERROR'
+        rows = {r[0]: r for r in await client.status()}
+        assert rows['limited'][1] == 3
+
+
+async def test_submit_goes_on_to_a_server_that_accepts(geard):
+    from gear.testing import GearServerFixture
+    other = GearServerFixture()
+    other.setUp()
+    try:
+        async with aio.AsyncClient('c') as client:
+            for port in (geard.port, other.port):
+                client.add_server(HOST, port)
+            await wait_until(lambda: len(client.connections) == 2)
+            full = '%s:%d' % (HOST, geard.port)
+            await client.admin(gear.MaxQueueAdminRequest('f', 1), full)
+            await client.submit_many([('f', b'fills it')], server=full)
+            jobs = [await client.submit('f', b'%d' % i, background=True)
+                    for i in range(4)]
+            assert {j.connection.name for j in jobs} == {
+                '%s:%d' % (HOST, other.port)}
+    finally:
+        other.cleanUp()
