@@ -67,3 +67,14 @@ def admin(connection, request, timeout=WAIT):
     """
     connection.sendAdminRequest(request, timeout=timeout)
     return request.response
+
+
+def worker_functions(connection, client_id):
+    """The functions the server lists (``workers``) for ``client_id``."""
+    response = admin(connection, gear.WorkersAdminRequest())
+    functions = set()
+    for line in response.decode('utf8').splitlines():
+        head, _, tail = line.partition(' : ')
+        if head.split()[-1:] == [client_id]:
+            functions.update(tail.split())
+    return functions

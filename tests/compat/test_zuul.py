@@ -11,7 +11,8 @@ import gear
 
 from . import zuul_like
 from .helpers import (
-    HOST, WAIT, admin, needs_server_policy, start_server, stop, wait_for)
+    HOST, WAIT, admin, needs_server_policy, start_server, stop, wait_for,
+    worker_functions)
 
 
 @pytest.fixture
@@ -189,6 +190,9 @@ def test_unregister_while_a_build_runs(server, executor_client, executor):
     the scheduler."""
     running, build = running_build(executor_client, executor)
     executor.unregister_work()
+    client_conn = executor_client.gearman.active_connections[0]
+    wait_for(lambda: 'build:test' not in worker_functions(
+        client_conn, 'executor-executor1'), what='the CANT_DO to be handled')
     queued = executor_client.execute('test')
     assert executor_client.cancel(build) is True
     assert build.done.wait(WAIT)
@@ -205,13 +209,18 @@ def test_unregister_while_a_build_runs(server, executor_client, executor):
 def test_executor_death_fails_a_running_build(server, executor_client,
                                               executor):
     running, build = running_build(executor_client, executor)
-    # The executor dies without a word about its build.
+    # The executor dies without a word about its build: its socket goes
+    # as a dying process's would (gear 0.16's shutdown() alone may leave
+    # it open while its poll thread waits on it).
     executor._running = False
+    for conn in list(executor.worker.active_connections):
+        conn.conn.shutdown(socket.SHUT_RDWR)
     executor.worker.shutdown()
     assert build.done.wait(WAIT)
     assert build.result == 'FAILURE'
     assert build.gearman_job.failure
-    assert build.gearman_job.handle not in server.jobs
+    wait_for(lambda: build.gearman_job.handle not in server.jobs,
+             what='the server to forget the job')
 
 
 def test_rpc_round_trip(request, server):

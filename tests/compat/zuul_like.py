@@ -341,7 +341,10 @@ class Executor(object):
             try:
                 self.dispatch(job)
             except Exception:
-                job.sendWorkException('dispatch failed')
+                try:
+                    job.sendWorkException('dispatch failed')
+                except Exception:
+                    pass  # the connection is gone too
 
     def dispatch(self, job):
         if job.name.startswith('build:'):
