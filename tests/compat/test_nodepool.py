@@ -187,3 +187,28 @@ def test_lost_server_ends_jobs(server, client):
     server.shutdown()
     assert job.waitForCompletion(WAIT)
     wait_for(lambda: not client.active_connections)
+
+
+class FixedStatusServer(gear.Server):
+    """Nodepool's fake-servers tool: a ``status`` of its own, written
+    straight to the admin connection's socket."""
+
+    queued = 0
+
+    def handleStatus(self, request):
+        sock = request.connection.conn
+        sock.send(('build:fake_job\t%d\t0\t0\n' % self.queued).encode())
+        sock.send(b'build:fake_job:precise\t0\t0\t0\n')
+        sock.send(b'.\n')
+
+
+def test_status_override(request):
+    server = start_server(FixedStatusServer)
+    request.addfinalizer(lambda: stop(server))
+    server.queued = 3
+    client = NodepoolClient()
+    request.addfinalizer(lambda: stop(client))
+    client.addServer(HOST, server.port)
+    client.waitForServer(WAIT)
+    assert client.getNeededWorkers() == {'fake_job': 3,
+                                         'fake_job:precise': 0}
