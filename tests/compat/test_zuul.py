@@ -66,6 +66,10 @@ def test_hold_and_release(server, executor_client, executor):
     # What Zuul's test suite inspects to decide it is settled.
     conn = executor_client.gearman.active_connections[0]
     assert job.unique in [j.unique for j in conn.related_jobs.values()]
+    assert server_job.unique.decode('utf8') == build.uuid
+    wait_for(lambda: all(c.state != 'GRAB_WAIT'
+                         for c in executor.worker.active_connections),
+             what='the executor to stop waiting for a grab')
 
     assert server.release('build:.*')
     assert build.started.wait(WAIT)
