@@ -34,7 +34,49 @@ class PolicyTestCase(ServerTestCase):
         peer.sync()
 
 
-class TestGearSemantics(PolicyTestCase):
+class SharedSemantics(object):
+    """What both semantics share: gear 0.16's server attributes and
+    handlePacket hook, and the requeue of a lost worker's background job.
+    """
+
+    def test_lost_worker_requeues_a_running_background_job(self):
+        # gear 0.16 lost the job; keeping it is the safe behaviour.
+        client, worker, handle = self.running(ptype=c.SUBMIT_JOB_BG)
+        worker.close()
+        other = self.connect()
+        other.canDo(b'fn')
+        wait_for(lambda: other.grab(), message='the job to be requeued')
+
+    @needs_server_policy
+    def test_functions_is_a_set(self):
+        worker = self.connect()
+        worker.canDo(b'fn')
+        worker.sync()
+        self.assertIsInstance(self.server.functions, set)
+        self.assertIn(b'fn', self.server.functions)
+        self.server.functions.add(b'added')
+        self.assertIn(b'added', self.server.functions)
+
+    @needs_server_policy
+    def test_unknown_packet_types_reach_handle_packet(self):
+        seen = []
+
+        class Recording(gear.Server):
+            def handlePacket(self, packet):
+                seen.append(packet.ptype)
+                if packet.ptype == 101:
+                    return None
+                return super(Recording, self).handlePacket(packet)
+
+        server = Recording(0, host='127.0.0.1', **self.server_options)
+        self.addCleanup(server.shutdown)
+        peer = self.connect(server)
+        peer.send(101, b'a', b'b')
+        peer.sync()
+        self.assertEqual([101, c.ECHO_REQ], seen)
+
+
+class TestGearSemantics(SharedSemantics, PolicyTestCase):
     """The default: gear 0.16's semantics."""
 
     def test_default(self):
@@ -86,44 +128,8 @@ class TestGearSemantics(PolicyTestCase):
         self.assertNotIn(handle, self.server.jobs)
         self.assertIsNone(other.grab())
 
-    def test_lost_worker_requeues_a_running_background_job(self):
-        # gear 0.16 lost the job; keeping it is the safe behaviour.
-        client, worker, handle = self.running(ptype=c.SUBMIT_JOB_BG)
-        worker.close()
-        other = self.connect()
-        other.canDo(b'fn')
-        wait_for(lambda: other.grab(), message='the job to be requeued')
 
-    @needs_server_policy
-    def test_functions_is_a_set(self):
-        worker = self.connect()
-        worker.canDo(b'fn')
-        worker.sync()
-        self.assertIsInstance(self.server.functions, set)
-        self.assertIn(b'fn', self.server.functions)
-        self.server.functions.add(b'added')
-        self.assertIn(b'added', self.server.functions)
-
-    @needs_server_policy
-    def test_unknown_packet_types_reach_handle_packet(self):
-        seen = []
-
-        class Recording(gear.Server):
-            def handlePacket(self, packet):
-                seen.append(packet.ptype)
-                if packet.ptype == 101:
-                    return None
-                return super(Recording, self).handlePacket(packet)
-
-        server = Recording(0, host='127.0.0.1')
-        self.addCleanup(server.shutdown)
-        peer = self.connect(server)
-        peer.send(101, b'a', b'b')
-        peer.sync()
-        self.assertEqual([101, c.ECHO_REQ], seen)
-
-
-class TestGearmandSemantics(PolicyTestCase):
+class TestGearmandSemantics(SharedSemantics, PolicyTestCase):
     """``semantics='gearmand'``, what geard runs."""
 
     server_options = {'semantics': 'gearmand'}
