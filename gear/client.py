@@ -432,17 +432,22 @@ class Client(BaseClient):
         job.fraction_complete = fraction(numerator, denominator)
 
     def handleStatusRes(self, packet):
+        """Update the job a STATUS_RES is about and return it.
+
+        The job is the one getStatus() asked about or, for a status
+        request sent without a task (a plain ``sendPacket``), the job this
+        connection follows under that handle.
+
+        :raises UnknownJobError: no such job is followed here (as gear
+            0.16 did; subclasses catch it to detect lost jobs).
+        """
         task = self._takeReply(packet)
         if isinstance(task, GetStatusTask):
             job = task.job
         else:
             if task is not None:
                 task.fail()
-            try:
-                job = packet.getJob()
-            except UnknownJobError:
-                self.log.debug("STATUS_RES for an unknown job: %s", packet)
-                return None
+            job = packet.getJob()
         job.known, job.running, numerator, denominator = status_fields(
             packet.arguments)
         self._setProgress(job, numerator, denominator)
