@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 
-from gear import constants
+from gear import constants, hashing
 from gear.base import BaseClient
 from gear.connection import (
     GetStatusTask, GetStatusUniqueTask, OptionReqTask, SubmitJobTask)
@@ -44,6 +44,10 @@ def _handle_of(packet):
     return handle
 
 
+def _server_key_of(conn):
+    return hashing.server_key(conn.host, conn.port)
+
+
 class Client(BaseClient):
     """A Gearman client.
 
@@ -64,6 +68,14 @@ class Client(BaseClient):
     #: Seconds a server may take to answer an echo after it failed to
     #: answer a submission in time; if it does not, it is disconnected.
     probe_timeout = 5.0
+
+    #: With several servers, send a job that has a unique to the server
+    #: its unique hashes to (the next one in the key's order if that one
+    #: is down), so that equal uniques from any client meet on one
+    #: server and coalesce; ``getStatusUnique`` asks that server first.
+    #: Jobs without a unique still go to the servers in turn.  False
+    #: restores gear 0.16's turn-taking for every job.
+    hash_uniques = True
 
     def __init__(self, client_id='unknown', exceptions=True,
                  resubmit=False, resubmit_timeout=60):
@@ -118,6 +130,7 @@ class Client(BaseClient):
         if precedence not in _PRECEDENCES:
             raise ConfigurationError("Invalid precedence value")
         unique = job.binary_unique
+        conns = self._connectionsFor(unique)
         if background and unique is None:
             # Without a unique, gearmand's persistent queues would let
             # such jobs overwrite one another.
@@ -135,7 +148,6 @@ class Client(BaseClient):
         fields.append(bytes(job.binary_arguments))
         packet = Packet(constants.REQ, ptype, b'\x00'.join(fields))
 
-        conns = self._connectionsInTurn()
         if not conns:
             raise NoConnectedServersError("No connected Gearman servers")
         for conn in conns:
@@ -162,6 +174,22 @@ class Client(BaseClient):
                 job._precedence = precedence
             return
         raise GearmanError("Unable to submit job to any connected servers")
+
+    def _connectionsFor(self, unique):
+        """The active connections in the order a submission of ``unique``
+        tries them: by rendezvous hashing of the unique when
+        :attr:`hash_uniques` is on, else the next in turn first."""
+        if not unique or not self.hash_uniques:
+            return self._connectionsInTurn()
+        with self.connections_condition:
+            active = self.active_connections[:]
+            configured = active + self.inactive_connections
+        if len(configured) < 2:
+            return active
+        live = set(map(id, active))
+        return [conn for conn in hashing.rendezvous_order(
+                    unique, configured, _server_key_of)
+                if id(conn) in live]
 
     def _probe(self, conn):
         """Drop ``conn`` if it does not answer an echo either."""
@@ -240,7 +268,11 @@ class Client(BaseClient):
         return job
 
     def getStatusUnique(self, unique, timeout=30):
-        """Look a job up by its unique on every connected server.
+        """Look a job up by its unique on the connected servers.
+
+        With :attr:`hash_uniques` on, the servers are asked one by one in
+        the unique's hash order (its owner first) until one knows it;
+        otherwise all of them at once.
 
         :returns: ``(known, running, numerator, denominator,
             waiting_clients)`` from the first server that knows it, or
@@ -249,10 +281,29 @@ class Client(BaseClient):
         :raises TimeoutError: no server answered in time.
         """
         unique = convert_to_bytes(unique)
-        with self.connections_condition:
-            conns = self.active_connections[:]
+        if self.hash_uniques and unique:
+            conns = self._connectionsFor(unique)
+            rounds = [[conn] for conn in conns]
+        else:
+            with self.connections_condition:
+                conns = self.active_connections[:]
+            rounds = [conns]
         if not conns:
             raise NoConnectedServersError("No connected Gearman servers")
+        deadline = time.monotonic() + timeout
+        answered = False
+        for group in rounds:
+            result, replied = self._askStatusUnique(group, unique, deadline)
+            answered = answered or replied
+            if result is not None:
+                return result
+        if not answered:
+            raise TimeoutError()
+        return (False, False, b'0', b'0', 0)
+
+    def _askStatusUnique(self, conns, unique, deadline):
+        """Send GET_STATUS_UNIQUE to ``conns``; return (the first known
+        result or None, whether any server answered)."""
         tasks = []
         for conn in conns:
             task = GetStatusUniqueTask(unique)
@@ -265,8 +316,7 @@ class Client(BaseClient):
                 self._lostConnection(conn)
                 continue
             tasks.append(task)
-        deadline = time.monotonic() + timeout
-        answered = False
+        answered = not tasks
         for task in tasks:
             remaining = max(0.0, deadline - time.monotonic())
             if not task.wait(remaining) and task.abandon():
@@ -275,10 +325,8 @@ class Client(BaseClient):
                 continue
             answered = True
             if task.result[0]:
-                return task.result
-        if tasks and not answered:
-            raise TimeoutError()
-        return (False, False, b'0', b'0', 0)
+                return task.result, True
+        return None, answered
 
     # Replies
 
