@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 
-from tests.pg import cluster as cluster_mod
+from bench import pgcluster as cluster_mod
 
 _names = itertools.count(1)
 

@@ -1,4 +1,4 @@
-"""A throw-away PostgreSQL cluster for tests and benchmarks.
+"""A throw-away PostgreSQL cluster for the tests and the benchmarks.
 
 ``initdb`` and ``pg_ctl`` create and run it in a temporary directory, on
 127.0.0.1 and a free port, with trust authentication for the ``gear``
@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import tempfile
 
-from tests.gearmand import free_port
+from bench.servers import free_port
 
 HOST = '127.0.0.1'
 USER = 'gear'
@@ -109,6 +109,11 @@ class Cluster(object):
 
     def url(self, database='postgres'):
         return 'postgresql://%s@%s:%d/%s' % (USER, HOST, self.port, database)
+
+    def conninfo(self, database='postgres'):
+        """The same as :meth:`url`, as libpq keywords (for gearmand)."""
+        return 'host=%s port=%d dbname=%s user=%s' % (HOST, self.port,
+                                                      database, USER)
 
     def create_database(self, name):
         import psycopg
