@@ -301,6 +301,8 @@ def _postgresql():
 
 
 def _gearmand_has(option):
+    if not os.access(GEARMAND, os.X_OK):
+        return False
     out = subprocess.run([GEARMAND, '--help'], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, timeout=30).stdout
     return option.encode() in out

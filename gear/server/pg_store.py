@@ -200,11 +200,16 @@ class PgStore(JobStore):
 
     def _reconnect(self):
         delay = RECONNECT_MIN
+        last = None
         while not self._closed.wait(delay):
             try:
                 conn = self._connect()
             except Exception as e:
-                self.log.debug("PostgreSQL job store still away: %s", e)
+                # Say each new reason once, not every few seconds.
+                if str(e) != last:
+                    self.log.warning("PostgreSQL job store still "
+                                     "unavailable: %s", e)
+                    last = str(e)
                 delay = min(delay * 2, RECONNECT_MAX)
                 continue
             with self._lock:
