@@ -130,7 +130,8 @@ class Client(BaseClient):
         if precedence not in _PRECEDENCES:
             raise ConfigurationError("Invalid precedence value")
         unique = job.binary_unique
-        conns = self._connectionsFor(unique)
+        conns = self._connectionsFor(
+            hashing.routing_key(unique, job.binary_arguments))
         if background and unique is None:
             # Without a unique, gearmand's persistent queues would let
             # such jobs overwrite one another.

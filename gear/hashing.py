@@ -23,6 +23,17 @@ def server_key(host, port):
     return ('%s:%s' % (host, port)).encode('utf-8')
 
 
+def routing_key(unique, arguments):
+    """What a job is hashed by: its unique, or its arguments when the
+    unique is ``-`` (the server then uses the arguments as the unique);
+    None for no unique (such jobs are not hashed)."""
+    if not unique:
+        return None
+    if unique == b'-':
+        return bytes(arguments)
+    return unique
+
+
 def _score(key, unique):
     # The NUL keeps b'a:1' + b'2x' apart from b'a:12' + b'x'.
     return hashlib.blake2b(key + b'\x00' + unique, digest_size=8).digest()

@@ -409,11 +409,18 @@ class GearmanClient(object):
     def _server_order(self, request):
         """The order in which ``request`` tries the servers."""
         servers = list(self.host_list)
-        unique = request.job.unique
-        if self.hash_uniques and unique and len(servers) > 1 and \
+        key = None
+        if self.hash_uniques and len(servers) > 1 and \
                 not getattr(request, '_unique_generated', False):
+            job = request.job
+            unique = convert_to_bytes(job.unique or b'')
+            # Only a '-' unique is hashed by the payload.
+            payload = self.data_encoder.encode(job.data) \
+                if unique == b'-' else b''
+            key = hashing.routing_key(unique, convert_to_bytes(payload))
+        if key:
             return hashing.rendezvous_order(
-                convert_to_bytes(unique), servers,
+                key, servers,
                 lambda address: hashing.server_key(address.host,
                                                    address.port))
         random.shuffle(servers)

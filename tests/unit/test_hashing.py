@@ -117,6 +117,14 @@ class TestClientHashing(ClientTestCase):
                                    for _ in range(6))
         self.assertEqual([2, 2, 2], sorted(used.values()))
 
+    def test_dash_unique_hashes_the_arguments(self):
+        for i in range(10):
+            arguments = b'payload-%d' % i
+            expected = self.owner_order(arguments)[0]
+            job = gear.Job('fn', arguments, b'-')
+            self.client.submitJob(job)
+            self.assertIs(expected, job.connection)
+
     def test_switched_off_takes_turns(self):
         self.client.hash_uniques = False
         used = collections.Counter(self.submit(b'same') for _ in range(6))
@@ -193,6 +201,16 @@ class TestFacadeHashing(testtools.TestCase):
                 lambda c: hashing.server_key(c.host, c.port))[0])
             self.assertEqual(servers[index], facade)
 
+    def test_dash_unique_hashes_the_payload(self):
+        servers = self.client.host_list
+        request = self.client._create_request_from_dictionary(
+            dict(task='fn', data='the payload', unique='-'))
+        self.assertEqual(
+            hashing.rendezvous_order(
+                b'the payload', servers,
+                lambda a: hashing.server_key(a.host, a.port)),
+            self.client._server_order(request))
+
     def test_generated_unique_and_switched_off_are_shuffled(self):
         seen = set()
         for _ in range(60):
@@ -203,3 +221,13 @@ class TestFacadeHashing(testtools.TestCase):
         for _ in range(60):
             seen.add(self.client._server_order(self.request('fixed'))[0])
         self.assertEqual(3, len(seen))
+
+
+class TestRoutingKey(testtools.TestCase):
+
+    def test_unique_arguments_or_nothing(self):
+        self.assertEqual(b'u', hashing.routing_key(b'u', b'args'))
+        # The server uses the arguments as the unique of a '-' job.
+        self.assertEqual(b'args', hashing.routing_key(b'-', b'args'))
+        self.assertIsNone(hashing.routing_key(b'', b'args'))
+        self.assertIsNone(hashing.routing_key(None, b'args'))
