@@ -186,8 +186,12 @@ def terminate_backends(url):
              'pg_backend_pid()')
 
 
-def test_lost_connection_raises_then_recovers(make_store, pg_url):
+def test_lost_connection_raises_then_recovers(make_store, pg_url,
+                                              monkeypatch):
+    from gear.server import pg_store
     from gear.server.pg_store import StoreUnavailable
+    # The first reconnection waits long enough for the checks below.
+    monkeypatch.setattr(pg_store, 'RECONNECT_MIN', 3.0)
     store = make_store()
     kept, removed = job(1), job(2)
     store.add(kept)
@@ -201,9 +205,9 @@ def test_lost_connection_raises_then_recovers(make_store, pg_url):
         store.flush()
     store.discard()
     # Until it is back, additions fail at once.
-    if not store.probe():
-        with pytest.raises(StoreUnavailable):
-            store.add(job(4))
+    assert not store.probe()
+    with pytest.raises(StoreUnavailable):
+        store.add(job(4))
     wait_for(store.probe, 30, message='the store to reconnect')
     # The removal of the failed batch is written now; job 3 never was.
     store.flush()
