@@ -322,7 +322,7 @@ class PgStore(JobStore):
             self._deletes.append(job.handle)
 
     def flush(self):
-        """Write what add/remove buffered in one transaction."""
+        """Write what add/remove buffered, in one transaction."""
         if not self._adds and not self._deletes:
             return
         with self._lock:
@@ -330,12 +330,17 @@ class PgStore(JobStore):
             adds = list(self._adds.values())
             deletes = self._deletes
             try:
-                with conn.transaction():
-                    cur = conn.cursor()
-                    if adds:
+                cur = conn.cursor()
+                if adds and deletes:
+                    with conn.transaction():
                         self._copy(cur, adds)
-                    if deletes:
                         cur.execute(_DELETE, (self.server_id, deletes))
+                elif adds:
+                    # One statement is its own transaction: no BEGIN and
+                    # COMMIT round trips.
+                    self._copy(cur, adds)
+                else:
+                    cur.execute(_DELETE, (self.server_id, deletes))
             except self._psycopg.Error as e:
                 self._failed(conn, e)
                 raise StoreUnavailable("Job store commit failed: %s" % (e,))
