@@ -16,10 +16,10 @@ import threading
 import time
 
 from gear import constants
-from gear.connection import Connection
+from gear.connection import Connection, UntrackedRequest, reply_key
 from gear.errors import (
     ConfigurationError, ConnectionError, NoConnectedServersError,
-    TimeoutError)
+    TimeoutError, UnknownJobError)
 from gear.protocol import Packet
 from gear.util import convert_to_bytes, to_text
 
@@ -130,6 +130,8 @@ class BaseClientServer(object):
         self._activation_lock = threading.RLock()
         self._shutdown_lock = threading.Lock()
         self._backoffs = {}
+        # conn -> the reason its last connection attempt failed.
+        self._connect_errors = {}
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
         os.set_blocking(self.wake_write, False)
@@ -210,10 +212,13 @@ class BaseClientServer(object):
                 conn.connect()
             except ConnectionError as e:
                 self.log.debug("Unable to connect to %s: %s", conn, e)
+                self._connect_errors[conn] = e
                 return False
-            except Exception:
+            except Exception as e:
                 self.log.exception("Exception while connecting to %s", conn)
+                self._connect_errors[conn] = e
                 return False
+            self._connect_errors.pop(conn, None)
         with self._activation_lock:
             try:
                 self._onConnect(conn)
@@ -383,6 +388,11 @@ class BaseClientServer(object):
                     self.handlePacket(message)
                 else:
                     self.handleAdminRequest(message)
+            except UnknownJobError:
+                # A reply or update about a job this side does not
+                # follow (handlers raise it as gear always did).
+                self.log.debug("%s from %s names an unknown job", message,
+                               conn)
             except Exception:
                 # A handler bug or bad data in one message: keep going.
                 self.log.exception("Exception while handling %s from %s",
@@ -513,8 +523,19 @@ class BaseClient(BaseClientServer):
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError()
+                    raise TimeoutError(self._noServerMessage(timeout))
                 self.connections_condition.wait(remaining)
+
+    def _noServerMessage(self, timeout):
+        """What waitForServer's TimeoutError says: the servers tried and
+        why each failed, as far as known."""
+        servers = []
+        for conn in self.inactive_connections:
+            where = '%s:%s' % (conn.host, conn.port)
+            error = self._connect_errors.get(conn)
+            servers.append('%s (%s)' % (where, error) if error else where)
+        return 'no Gearman server connected within %gs (tried: %s)' % (
+            timeout, ', '.join(servers) or 'no server was added')
 
     def getConnection(self):
         """Return the next active connection, round-robin.
@@ -562,11 +583,19 @@ class BaseClient(BaseClientServer):
             raise
 
     def _takeReply(self, packet):
-        """The task ``packet`` answers on its connection, or None."""
+        """The task ``packet`` answers on its connection, or None.
+
+        None also when the request it answers was sent without a task
+        (a plain ``Connection.sendPacket``): only the ``handle*`` method
+        sees such a reply.
+        """
         conn = packet.connection
         if conn is None:
             return None
-        return conn._takeReplyTask(packet.ptype)
+        task = conn._takeReplyTask(packet.ptype, reply_key(packet))
+        if isinstance(task, UntrackedRequest):
+            return None
+        return task
 
     def handleEchoRes(self, packet):
         self._takeReply(packet)
@@ -580,6 +609,12 @@ class BaseClient(BaseClientServer):
 
     def handleError(self, packet):
         """Fail the request this ERROR answers, or log it.
+
+        Servers answer a connection's requests in order and an ERROR
+        takes the place of the reply, so it answers the oldest request
+        still awaiting one, whether sent with a task or not (then it is
+        only logged).  ``JOB_NOT_FOUND`` is sent only about WORK_*
+        packets, which have no reply: it answers no request.
 
         Never drops the connection: an ERROR can also refer to a packet
         that has no reply of its own (e.g. a late WORK_COMPLETE).

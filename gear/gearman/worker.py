@@ -24,7 +24,7 @@ from gear.gearman.errors import GearmanError, ServerUnavailable
 from gear.gearman.hosts import parse_host_list
 from gear.gearman.job import GearmanJob
 from gear.gearman.links import LinkWatch
-from gear.gearman.tracking import name_text
+from gear.gearman.tracking import WireText, name_text
 
 log = logging.getLogger('gear.gearman.worker')
 
@@ -80,6 +80,10 @@ class GearmanWorker(object):
         # the keys of those that already sent their final packet.
         self._running = {}
         self._finished = set()
+        # Tasks unregistered while one of their jobs ran here: their
+        # CANT_DO waits for that job's end, since gearmand would requeue
+        # the job and refuse its result.
+        self._unregister_after_job = set()
 
     # Configuration
 
@@ -89,6 +93,7 @@ class GearmanWorker(object):
         with self._lock:
             self.worker_abilities[task] = callback_function
             self._task_names[name] = task
+            self._unregister_after_job.discard(name)
             if self._gear_worker is not None:
                 self._gear_worker.registerFunction(name)
         return task
@@ -99,9 +104,20 @@ class GearmanWorker(object):
         with self._lock:
             registered = self._task_names.pop(name, task)
             self.worker_abilities.pop(registered, None)
-            if self._gear_worker is not None:
+            if any(job.binary_name == name and key not in self._finished
+                   for key, job in self._running.items()):
+                self._unregister_after_job.add(name)
+            elif self._gear_worker is not None:
                 self._gear_worker.unRegisterFunction(name)
         return task
+
+    def _unregisterDeferred(self):
+        with self._lock:
+            names, self._unregister_after_job = \
+                self._unregister_after_job, set()
+            if self._gear_worker is not None:
+                for name in names:
+                    self._gear_worker.unRegisterFunction(name)
 
     def set_client_id(self, client_id):
         """Name this worker in the server's ``workers`` listing."""
@@ -213,15 +229,25 @@ class GearmanWorker(object):
                     return
                 task = self._task_names.get(gear_job.binary_name,
                                             gear_job.name)
-                unique = name_text(gear_job.unique) or ''
+                unique = name_text(gear_job.unique) or WireText('')
                 job = self.create_job(gear_job, name_text(gear_job.handle),
                                       task, unique, data)
-                self.on_job_execute(job)
+                try:
+                    self.on_job_execute(job)
+                except Exception:
+                    # E.g. a result the data encoder cannot send (the
+                    # python-gearman docs' ``return reversed(data)``):
+                    # fail this job and keep the worker serving.
+                    log.exception('Job %s of %r could not be reported;'
+                                  ' failing it', job.handle, task)
+                    self.send_job_failure(job)
             finally:
                 self.set_job_lock(gear_job, lock=False)
         finally:
             self._running.pop(key, None)
             self._finished.discard(key)
+            if self._unregister_after_job:
+                self._unregisterDeferred()
 
     # Hooks
 
@@ -297,9 +323,13 @@ class GearmanWorker(object):
         return gear_job
 
     def _send(self, gear_job, method, *args):
+        # gear's WorkerJob.send* return False (and send nothing) once the
+        # job's connection is gone.
         try:
-            method(*args)
+            sent = method(*args)
         except (gear.ConnectionError, OSError):
+            sent = False
+        if sent is False:
             self.handle_error(gear_job.connection)
 
     def _send_final(self, current_job, method_name, *args):

@@ -82,16 +82,8 @@ def _bytes(value):
 
 
 def _version():
-    try:
-        import pbr.version
-        return pbr.version.VersionInfo('gear').version_string()
-    except Exception:
-        pass
-    try:
-        from importlib import metadata
-        return metadata.version('gear')
-    except Exception:
-        return 'unknown'
+    from gear.version import __version__
+    return __version__
 
 
 class AdminHandlers(object):

@@ -48,7 +48,7 @@ from gear.server.jobs import CompactServerJob, ServerJob
 from gear.server.poller import (
     _EV_READ, _EV_WRITE, _HAS_EPOLL, _READ_MASK, Poller)
 from gear.server.queue import JobQueue, unique_key
-from gear.server.store import open_store
+from gear.server.store import StoreError, open_store
 from gear.server.util import MAX_HANDLE, _CloseConnection, _to_bytes
 
 REQ = constants.REQ
@@ -93,8 +93,9 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
     :arg job_retries: requeues allowed after a job loses its worker before
         its clients get WORK_FAIL (None: unlimited; 0: fail at the first
         loss).
-    :arg store: None (memory only), a SQLite path, or a store object
-        (:mod:`gear.server.store`) for background jobs.
+    :arg store: None (memory only), a SQLite path, a ``postgresql://``
+        URL (its rows go under the handle prefix as server id), or a store
+        object (:mod:`gear.server.store`) for background jobs.
     :arg bool exceptions: the ``exceptions`` option every new connection
         starts with.
     :arg job_handle_prefix: handles are ``<prefix>:<n>``; default
@@ -117,7 +118,14 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
     :arg bool metrics: count and time jobs, packets and store commits in
         :attr:`metrics` (a :class:`gear.server.metrics.Recorder`) for
         :class:`gear.server.http.HTTPServer`; off: ``metrics`` is None.
+    :arg str semantics: ``'gear'`` (the default) keeps gear 0.16's
+        observable semantics wherever its callers could depend on them;
+        ``'gearmand'`` (what ``geard`` runs) follows gearmand's.  See
+        :doc:`migration-gear` for the differences.
     """
+
+    #: The values ``semantics`` accepts.
+    SEMANTICS = ('gear', 'gearmand')
 
     if _HAS_EPOLL:
         edge_bitmask = select.EPOLLET
@@ -145,7 +153,11 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                  max_connections=10000,
                  max_output_buffer=128 * 1024 * 1024,
                  tls_handshake_timeout=10.0, allow_admin_shutdown=False,
-                 metrics=False):
+                 semantics='gear', metrics=False):
+        if semantics not in self.SEMANTICS:
+            raise ConfigurationError("semantics must be one of %s" %
+                                     ", ".join(self.SEMANTICS))
+        self.semantics = semantics
         self.port = port
         self.host = host
         self.ssl_key = ssl_key
@@ -197,7 +209,7 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self.jobs = self.queue.jobs
         self.functions = self.queue.functions
 
-        self.store = open_store(store)
+        self.store = open_store(store, server_id=prefix)
         self._persist = getattr(self.store, 'persistent', True)
         # Stores that batch writes commit once per loop turn, before the
         # JOB_CREATED replies of that turn are sent.  _store_acked holds
@@ -253,7 +265,11 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self.wake_write = self.connect_wake_write
         self.poll.register(self.connect_wake_read, _EV_READ)
 
-        self._replay()
+        try:
+            self._replay()
+        except Exception:
+            self._cleanup()
+            raise
         if self.metrics is not None:
             self.metrics.start(self.queue.max_handle)
 
@@ -345,9 +361,13 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
             self.queue.max_handle = start
         try:
             stored = list(self.store.load() or ())
-        except Exception:
-            self.log.exception("Job store could not be read")
-            return
+        except StoreError:
+            raise
+        except Exception as e:
+            # Serving part of the jobs, or none, would hide the loss and
+            # pile new jobs onto a store that cannot be read back.
+            raise StoreError("Job store could not be read: %s: %s"
+                             % (type(e).__name__, e))
         now = time.time()
         for record in stored:
             try:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import fixtures
+import pytest
 import testtools
 
 import gear
@@ -166,6 +167,7 @@ class AdminChecks(object):
         self.assertRegex(text, r'(?m)^\s*\d+\s+127\.0\.0\.1\s+cli-worker-id'
                                r'\s+cli_w[12] cli_w[12]$')
 
+    @pytest.mark.slow
     def test_jobs_unique_jobs_and_cancel(self):
         client = self.client()
         job = gear.Job('cli_jobs', b'x', unique='cli-unique-1')
@@ -213,6 +215,7 @@ class AdminChecks(object):
             b'gear-admin: drop function cli_never: the server answered ERR'),
             result.stderr)
 
+    @pytest.mark.slow
     def test_version_pid_verbose(self):
         version = self.admin_json('version')['version']
         self.assertTrue(version)
@@ -263,6 +266,7 @@ class TestAdminGeard(GeardMixin, AdminChecks, testtools.TestCase):
                          result.stderr)
 
 
+@pytest.mark.interop
 class TestAdminGearmand(GearmandMixin, AdminChecks, testtools.TestCase):
 
     def test_acl_is_unknown_to_gearmand(self):
@@ -313,22 +317,25 @@ class TestAdminTLS(testtools.TestCase):
     def admin(self, *args):
         return run_cli('admin', '-p', self.port, *(self.tls + list(args)))
 
+    @pytest.mark.slow
     def test_acl_grant_list_revoke(self):
         result = self.admin('acl', 'grant', 'invoke', 'bob', '^cli_.*')
         self.assertEqual((0, b'OK\n'), (result.returncode, result.stdout),
                          result.stderr)
         result = self.admin('acl', 'grant', 'register', 'bob', 'w.*')
         self.assertEqual(0, result.returncode, result.stderr)
+        result = self.admin('acl', 'grant', 'admin', 'bob')
+        self.assertEqual(0, result.returncode, result.stderr)
         rows = json.loads(self.admin('--json', 'acl', 'list').stdout)
         self.assertEqual([
             {'subject': 'admin', 'register': None, 'invoke': None,
-             'grant': True},
+             'grant': True, 'admin': False},
             {'subject': 'bob', 'register': 'w.*', 'invoke': '^cli_.*',
-             'grant': False}], rows)
+             'grant': False, 'admin': True}], rows)
         text = self.admin('acl', 'list').stdout.decode()
-        self.assertEqual('SUBJECT  REGISTER  INVOKE   GRANT\n'
-                         'admin    -         -        yes\n'
-                         'bob      w.*       ^cli_.*  no\n', text)
+        self.assertEqual('SUBJECT  REGISTER  INVOKE   GRANT  ADMIN\n'
+                         'admin    -         -        yes    no\n'
+                         'bob      w.*       ^cli_.*  no     yes\n', text)
         result = self.admin('acl', 'revoke', 'invoke', 'bob')
         self.assertEqual(0, result.returncode, result.stderr)
         rows = json.loads(self.admin('--json', 'acl', 'list').stdout)

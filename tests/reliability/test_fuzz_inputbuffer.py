@@ -8,6 +8,7 @@ peer and the server's slow path use.
   before the damage still comes out exactly once and in order.
 """
 
+import pytest
 import testtools
 from hypothesis import given, settings, strategies as st
 
@@ -77,6 +78,7 @@ def feed_in_chunks(buf, stream, cuts, out):
         drain(buf, out)
 
 
+@pytest.mark.slow
 class TestInputBufferProperties(testtools.TestCase):
 
     @settings(max_examples=EXAMPLES)

@@ -7,6 +7,7 @@ import os
 import fixtures
 import testtools
 
+import gear
 from gear import errors
 from gear.cmd import _common as common
 from gear.cmd import admin as admin_cmd
@@ -96,15 +97,24 @@ class TestAdminRender(testtools.TestCase):
                                                      ['u1', ''], True)))
 
     def test_acl_list_keeps_none_as_null(self):
-        parsed = [('alice', None, '^f.*', True)]
+        parsed = [('alice', None, '^f.*', True),
+                  gear.ACLRow('bob', None, None, False, admin=True)]
         self.assertEqual(
             [{'subject': 'alice', 'register': None, 'invoke': '^f.*',
-              'grant': True}],
+              'grant': True, 'admin': False},
+             {'subject': 'bob', 'register': None, 'invoke': None,
+              'grant': False, 'admin': True}],
             json.loads(admin_cmd.render('acl list', parsed, True)))
         self.assertEqual(
-            'SUBJECT  REGISTER  INVOKE  GRANT\n'
-            'alice    -         ^f.*    yes\n',
+            'SUBJECT  REGISTER  INVOKE  GRANT  ADMIN\n'
+            'alice    -         ^f.*    yes    no\n'
+            'bob      -         -       no     yes\n',
             admin_cmd.render('acl list', parsed))
+
+    def test_acl_grant_takes_the_admin_right(self):
+        args = admin_cmd.parse_args(['acl', 'grant', 'admin', 'bob'])
+        request = args.request_factory()
+        self.assertEqual(b'acl grant admin bob\n', request.getCommand())
 
     def test_single_values_and_ok(self):
         self.assertEqual({'version': '1.1.20'}, json.loads(
@@ -247,6 +257,35 @@ class TestMessages(testtools.TestCase):
                          'directory' % missing, e.message)
 
 
+class TestWorkerMessages(testtools.TestCase):
+
+    def test_command_stderr(self):
+        self.assertEqual('', worker_cmd._stderr_text(b'  \n'))
+        self.assertEqual(': broken', worker_cmd._stderr_text(b'broken\n'))
+        self.assertEqual(':\n    one\n    two',
+                         worker_cmd._stderr_text(b'one\ntwo\n'))
+
+    def test_summary(self):
+        serving = worker_cmd.CommandWorker(None, None, count=3)
+        serving.done = 3
+        serving.outcomes[worker_cmd.FAILED] = 1
+        self.assertEqual('stopped after --count 3: ran 3 jobs (1 failed)',
+                         serving.summary())
+        serving = worker_cmd.CommandWorker(None, None)
+        serving.done = 1
+        serving.signal_name = 'SIGTERM'
+        serving.outcomes[worker_cmd.LEFT] = 1
+        self.assertEqual('stopped on SIGTERM: ran 1 job (1 left to the '
+                         'server)', serving.summary())
+
+    def test_lost_connection_suggests_tls_only_before_any_answer(self):
+        before = common.describe_lost_connection('h:1', None)
+        self.assertIn('does the server expect TLS?', before)
+        after = common.describe_lost_connection('h:1', None, answered=True)
+        self.assertEqual('the connection to h:1 was closed by the server',
+                         after)
+
+
 class TestOrderedOutput(testtools.TestCase):
 
     def test_results_come_out_in_submission_order(self):
@@ -269,6 +308,18 @@ class TestOrderedOutput(testtools.TestCase):
         out.finish(third)
         self.assertEqual(b'one\ntwo\nthree\n', b''.join(written))
         self.assertEqual(0, len(out))
+
+    def test_a_job_without_result_is_marked_on_its_line(self):
+        written = []
+        out = submit_cmd.OrderedOutput(written.append, b'\n')
+        lost = submit_cmd.JobRecord(1, None)
+        empty = submit_cmd.JobRecord(2, None)
+        out.add(lost)
+        out.add(empty)
+        lost.mark = submit_cmd.MARK_LOST
+        out.finish(empty)
+        out.finish(lost)
+        self.assertEqual(b'[lost]\n\n', b''.join(written))
 
     def test_no_separator_keeps_bytes_exact(self):
         written = []

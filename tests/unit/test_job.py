@@ -1,5 +1,6 @@
 """Job classes: attribute semantics, text variants and worker-side sends."""
 
+import fixtures
 import testtools
 
 import gear
@@ -161,18 +162,38 @@ class TestWorkerJob(testtools.TestCase):
     def test_binary_worker_job(self):
         self.assertEqual(b'fn', self.make(gear.BinaryWorkerJob).name)
 
-    def test_finish_callback_runs_once_even_if_send_fails(self):
-        calls = []
+    def test_sends_report_whether_they_were_sent(self):
         job = self.make()
-        job._on_finish = calls.append
+        self.assertTrue(job.sendWorkData(b'd'))
+        self.assertTrue(job.sendWorkStatus(1, 2))
+        self.assertTrue(job.sendWorkComplete(b'r'))
 
-        def broken(packet):
-            raise OSError('gone')
-        self.conn.sendPacket = broken
-        self.assertRaises(OSError, job.sendWorkComplete, b'')
-        self.assertEqual([job], calls)
-        self.assertRaises(OSError, job.sendWorkFail)
-        self.assertEqual([job], calls)
+    def test_lost_connection_drops_without_raising(self):
+        job = self.make()
+        self.conn.connected = False
+        logger = self.useFixture(fixtures.FakeLogger('gear.WorkerJob'))
+        self.assertFalse(job.sendWorkData(b'd'))
+        self.assertFalse(job.sendWorkException(b'e'))
+        self.assertEqual([], self.conn.sent)
+        self.assertIn('connection to', logger.output)
+
+    def test_a_reconnected_connection_is_not_the_jobs(self):
+        # The Worker notes the connection generation the job came on.
+        self.conn._generation = 1
+        job = self.make()
+        job._generation = 1
+        self.assertTrue(job.sendWorkStatus(1, 2))
+        self.conn._generation = 2
+        self.assertFalse(job.sendWorkComplete(b'stale'))
+        self.assertEqual(1, len(self.conn.sent))
+
+    def test_connection_error_is_not_raised(self):
+        job = self.make()
+
+        def refuse(packet):
+            raise gear.ConnectionError('Not connected')
+        self.conn.sendPacket = refuse
+        self.assertFalse(job.sendWorkWarning(b'w'))
 
 
 class TestFunctionRecord(testtools.TestCase):
