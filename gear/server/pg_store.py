@@ -8,7 +8,7 @@ its jobs.  A server started with ``adopt`` ids moves the rows of servers
 that are gone (their lock is free) into its own, in one transaction, and
 replays them with its own.
 
-Durability is SQLite's: :meth:`PgStore.add` and :meth:`PgStore.remove`
+Durability follows the SQLite store's rule: ``add()`` and ``remove()``
 only buffer, and :meth:`PgStore.flush` writes the batch in one
 transaction (a COPY of the new rows and one DELETE of the ended ones: a
 few round trips per batch, never one per job), before the server sends
