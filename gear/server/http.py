@@ -184,7 +184,16 @@ class HTTPServer(object):
 
     :arg server: the :class:`gear.Server` (created with ``metrics=True``).
     :arg host: the address to listen on (default loopback only).
-    :arg port: the port (0 picks a free one; see :attr:`port`).
+    :arg port: the port (0 picks a free one; ``self.port`` says which).
+    :arg float max_age: seconds a snapshot of the server is served
+        before a new one is taken.
+    :arg float snapshot_wait: how long to wait for the server's lock
+        before serving the previous snapshot.
+    :arg float client_timeout: seconds a client has to send its request
+        and read the answer.
+    :arg int max_clients: connections served at once; more are closed.
+    :arg float max_rate: connections accepted per second (after a burst
+        of as many); more wait in the listen backlog.
     """
 
     def __init__(self, server, host='127.0.0.1', port=0, max_age=1.0,

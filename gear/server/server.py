@@ -115,9 +115,10 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         its handshake.
     :arg bool allow_admin_shutdown: let the ``shutdown`` admin command
         stop the server (off, as in gearmand >= 1.1.15).
-    :arg bool metrics: count and time jobs, packets and store commits in
-        :attr:`metrics` (a :class:`gear.server.metrics.Recorder`) for
-        :class:`gear.server.http.HTTPServer`; off: ``metrics`` is None.
+    :arg bool metrics: count and time jobs, packets and store commits
+        (in ``self.metrics``, a ``gear.server.metrics.Recorder``) for
+        :class:`gear.server.http.HTTPServer`; off, ``self.metrics`` is
+        None and nothing is counted.
     :arg str semantics: ``'gear'`` (the default) keeps gear 0.16's
         observable semantics wherever its callers could depend on them;
         ``'gearmand'`` (what ``geard`` runs) follows gearmand's.  See
