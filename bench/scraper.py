@@ -14,6 +14,7 @@ Run alone::
 import argparse
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ import time
 import urllib.parse
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+READY_TIMEOUT = 30.0
 
 
 def scrape_once(host, port, path, timeout=10.0):
@@ -70,6 +72,13 @@ class Scraping(object):
             [sys.executable, '-m', 'bench.scraper', url, '--interval',
              str(self.interval)], cwd=REPO_ROOT, env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        ready, _, _ = select.select([self.proc.stdout], [], [],
+                                    READY_TIMEOUT)
+        if not ready or self.proc.stdout.readline() != b'ready\n':
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            raise RuntimeError('the scraper did not start')
         return self
 
     def __exit__(self, *exc):
@@ -79,7 +88,8 @@ class Scraping(object):
         proc.send_signal(signal.SIGTERM)
         try:
             out, _ = proc.communicate(timeout=30)
-            self.result = json.loads(out.decode() or 'null')
+            lines = out.decode().splitlines()
+            self.result = json.loads(lines[-1]) if lines else None
         except (subprocess.TimeoutExpired, ValueError):
             proc.kill()
             proc.wait()
@@ -96,6 +106,9 @@ def run(url, interval, stream=sys.stdout):
         raise _Stop()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Tells the harness that SIGTERM now ends the run with a report.
+    stream.write('ready\n')
+    stream.flush()
     count = errors = size = 0
     start = time.monotonic()
     try:

@@ -146,7 +146,13 @@ class FastPaths(object):
             out += hdr
             out += handle
             if metrics is not None:
-                metrics.submitted(fq, precedence)
+                # Recorder.submitted() for a function that has its
+                # counters: the hottest transition, so without a call.
+                st = fq.stats
+                if st is None:
+                    metrics.submitted(fq, precedence)
+                else:
+                    st.counts[precedence] += 1
                 metrics.packets_out += 1
             if fq.sleepers:
                 server._wakeFunction(fq)
@@ -265,6 +271,7 @@ class FastPaths(object):
         take = q.take
         new_links = JobLinks
         metrics = self.metrics
+        running = metrics._running if metrics is not None else None
 
         def handler(conn, payload):
             if conn.state == 'SLEEP':
@@ -294,7 +301,8 @@ class FastPaths(object):
                                 links.worker = conn
                             conn.related_jobs[job.handle] = job
                             if metrics is not None:
-                                metrics.started(job)
+                                # Recorder.started(), without a call.
+                                running[job] = metrics.now
                             if conn._timeouts or server.stats is not None:
                                 server._assignJob(conn, job)
             if job is None:

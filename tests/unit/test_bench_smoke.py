@@ -184,3 +184,37 @@ class TestSummary(testtools.TestCase):
                           'gear016', None)
         self.assertRaises(servers.ServerUnavailable, servers.make_server,
                           'no-such-server')
+
+
+class TestMetricsCost(testtools.TestCase):
+
+    def test_both_paths_are_measured(self):
+        reason = _geard_reason()
+        if reason:
+            self.skipTest(reason)
+        proc = subprocess.run(
+            [sys.executable, '-m', 'bench.metrics_cost', '--n', '200',
+             '--repeat', '1'],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            timeout=RUN_TIMEOUT)
+        self.assertEqual(0, proc.returncode, proc.stderr)
+        rows = [json.loads(line) for line in proc.stdout.splitlines()]
+        self.assertEqual(['submit', 'drain'], [r['path'] for r in rows])
+        for row in rows:
+            self.assertGreater(row['ns_per_job_without'], 0)
+            self.assertGreater(row['ns_per_job_with'], 0)
+
+    def test_geard_http_with_a_scraper(self):
+        reason = _geard_reason()
+        if reason:
+            self.skipTest(reason)
+        code, lines, err = run_loadgen(
+            '--scenario', 'roundtrip', '--servers', 'geard-http', '--n', '50',
+            '--scrape-interval', '0.05')
+        self.assertEqual(0, code, err)
+        (record,) = [r for r in lines if not r.get('summary')]
+        if 'skipped' in record:
+            self.skipTest(record['skipped'])
+        self.assertTrue(record['verified'], record)
+        self.assertEqual(0, record['scraper']['errors'])
+        self.assertGreater(record['scraper']['scrapes'], 0)
