@@ -2,6 +2,7 @@
 the test did: every counter, every histogram count."""
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -332,3 +333,15 @@ class GeardHTTPTestCase(testtools.TestCase):
         self.assertIn(b"--http-port: the prometheus_client package is "
                       b"needed for /metrics (pip install 'gear[metrics]')",
                       proc.stderr)
+
+    @pytest.mark.slow
+    def test_geard_reports_a_busy_http_port(self):
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(('127.0.0.1', 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        geard = self.useFixture(Geard('--http-port', str(port)))
+        self.assertEqual(1, geard.wait_exit())
+        self.assertIn('cannot serve HTTP on 127.0.0.1 port %d' % port,
+                      geard.stderr())
