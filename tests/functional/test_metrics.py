@@ -216,6 +216,27 @@ class MetricsTestCase(testtools.TestCase):
         self.assertEqual({'high', 'normal', 'low'},
                          {j['priority'] for j in oldest})
 
+    def test_statsd_reports_as_before_next_to_the_metrics(self):
+        collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(collector.close)
+        collector.bind(('127.0.0.1', 0))
+        collector.settimeout(WAIT)
+        srv = self.serve(statsd_host='127.0.0.1',
+                         statsd_port=collector.getsockname()[1],
+                         statsd_prefix='gearman')
+        c = client(srv.server.port)
+        self.addCleanup(c.shutdown)
+        c.submitJob(gear.Job(b'both', b'x', unique=b'both-0'),
+                    background=True)
+        # Each recv is bounded by the socket timeout.
+        wanted = {'gearman.queue.total:1|g', 'gearman.packet.SUBMIT_JOB_BG'}
+        while wanted:
+            for line in collector.recv(4096).decode().split('\n'):
+                wanted.discard(line)
+                wanted.discard(line.split(':')[0])
+        self.assertEqual(1, value(srv.scrape(), 'gearman_jobs',
+                                  function='both'))
+
     def test_timeouts_requeues_and_retry_limit(self):
         srv = self.serve(job_retries=1)
         port = srv.server.port
