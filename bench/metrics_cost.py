@@ -33,7 +33,11 @@ def measure(metrics, n):
     try:
         client = ServerConnection(('client', 1), socks[0], False, 'c')
         worker = ServerConnection(('worker', 2), socks[2], False, 'w')
-        handlers = server._fast
+        # The table of fast handlers by packet type (the scanner's, once
+        # the server has one).
+        handlers = getattr(server, '_fast', None)
+        if handlers is None:
+            handlers = server._scanner.handlers
         payloads = [b'fn\x00u%d\x00payload' % i for i in range(n)]
         with server.lock:
             handlers[C.CAN_DO](worker, b'fn')
