@@ -99,9 +99,11 @@ class ServerConnection(NonBlockingConnection):
         self.closed = False
         self.fd = None
         # Server bookkeeping: the FunctionQueues of ``functions`` in
-        # round-robin order, CAN_DO_TIMEOUT values (ms) by function, the
-        # poll mask in force, whether reading is paused, and TLS state.
-        self._fqs = []
+        # round-robin order (a dict used as an ordered set, so adding,
+        # removing and rotating one is O(1)), CAN_DO_TIMEOUT values (ms)
+        # by function, the poll mask in force, whether reading is paused,
+        # and TLS state.
+        self._fqs = {}
         self._timeouts = None
         self._events = 0
         self._paused = False  # reading stopped until replies are read

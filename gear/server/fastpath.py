@@ -46,6 +46,9 @@ class FastPaths(object):
                                                       background)
         if not self._overridden('getJobForConnection'):
             fast[constants.PRE_SLEEP] = self._makePreSleepHandler()
+        # Registration has no reply; a CI worker sends thousands at once.
+        fast[constants.CAN_DO] = self._canDo
+        fast[constants.CANT_DO] = self._unregisterFunction
         fast[constants.GRAB_JOB] = self._makeGrabHandler(
             constants.JOB_ASSIGN)
         fast[constants.GRAB_JOB_UNIQ] = self._makeGrabHandler(

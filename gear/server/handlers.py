@@ -332,7 +332,7 @@ class PacketHandlers(object):
         fq = self.queue.function(name)
         if fq.name not in conn.functions:
             conn.functions.add(fq.name)
-            conn._fqs.append(fq)
+            conn._fqs[fq] = None
             fq.workers += 1
         if timeout:
             if conn._timeouts is None:
@@ -349,6 +349,9 @@ class PacketHandlers(object):
     def handleCanDo(self, packet):
         self._registerFunction(packet.connection, packet.data, None)
 
+    def _canDo(self, conn, name):
+        self._registerFunction(conn, name, None)
+
     def handleCanDoTimeout(self, packet):
         name, sep, value = packet.data.partition(b'\x00')
         if not sep:
@@ -356,30 +359,58 @@ class PacketHandlers(object):
         timeout = max(_parse_decimal(value), MIN_CAN_DO_TIMEOUT)
         self._registerFunction(packet.connection, name, timeout)
 
-    def _unregisterFunction(self, conn, name):
-        fq = self.queue.functions.get(name)
+    def _dropFunction(self, conn, name):
+        """Forget that ``conn`` can do ``name``: O(1), however many
+        functions the worker or workers the function has.  Returns False
+        if it could not."""
         if name not in conn.functions:
-            return
+            return False
         conn.functions.discard(name)
+        fq = self.queue.functions.get(name)
         if fq is not None:
-            if fq in conn._fqs:
-                conn._fqs.remove(fq)
+            conn._fqs.pop(fq, None)
             fq.workers -= 1
             fq.sleepers.pop(conn, None)
         if conn._timeouts:
             conn._timeouts.pop(name, None)
+        return True
+
+    def _requeueUnregistered(self, conn, names, reason):
+        """The policy for jobs a worker runs of functions it gave up:
+        they go back to their queue at once.  One pass over the jobs of
+        the connection, whatever the number of ``names``."""
+        if not conn.related_jobs:
+            return
         for job in list(conn.related_jobs.values()):
             if job.worker_connection is conn and \
-                    (job._state & STATE) == RUNNING and job.name == name:
-                self._requeueJob(job, 'worker sent CANT_DO')
+                    (job._state & STATE) == RUNNING and job.name in names:
+                self._requeueJob(job, reason)
+
+    def _unregisterFunction(self, conn, name):
+        if self._dropFunction(conn, name):
+            self._requeueUnregistered(conn, (name,), 'worker sent CANT_DO')
 
     def handleCantDo(self, packet):
         self._unregisterFunction(packet.connection, packet.data)
 
     def handleResetAbilities(self, packet):
         conn = packet.connection
-        for name in list(conn.functions):
-            self._unregisterFunction(conn, name)
+        names = self._dropAllFunctions(conn)
+        if names:
+            self._requeueUnregistered(conn, names,
+                                      'worker sent RESET_ABILITIES')
+
+    def _dropAllFunctions(self, conn):
+        """Forget every function of ``conn`` (O(1) each); returns the
+        set of names it had."""
+        names = conn.functions
+        for fq in conn._fqs:
+            fq.workers -= 1
+            fq.sleepers.pop(conn, None)
+        conn._fqs = {}
+        conn.functions = set()
+        conn._timeouts = None
+        return names
 
     def handleSetClientID(self, packet):
         packet.connection.client_id = bytes(packet.data[:MAX_CLIENT_ID])

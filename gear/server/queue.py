@@ -297,8 +297,9 @@ class JobQueue(object):
         Global priority first (HIGH of any function, then NORMAL, then
         LOW), FIFO within a (function, precedence), and round-robin across
         the functions: the function served moves to the end of ``fqs``
-        (the caller's own list, changed in place).  The job is left
-        DETACHED; :meth:`start` makes it RUNNING.
+        (the worker's rotation, a dict of FunctionQueue -> None, changed
+        in place in O(1)).  The job is left DETACHED; :meth:`start` makes
+        it RUNNING.
         """
         for p in PRECEDENCE_ORDER:
             if not self.queued[p]:
@@ -315,8 +316,8 @@ class JobQueue(object):
                     self.queued[p] -= 1
                     job._state = (job._state & FLAGS) | DETACHED
                     if i < len(fqs) - 1:
-                        del fqs[i]
-                        fqs.append(fq)
+                        del fqs[fq]
+                        fqs[fq] = None
                     return job
                 i += 1
         return None

@@ -973,11 +973,7 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self._unregisterConnection(conn)
 
     def _unregisterConnection(self, conn):
-        for fq in conn._fqs:
-            fq.workers -= 1
-            fq.sleepers.pop(conn, None)
-        conn._fqs = []
-        conn.functions = set()
+        self._dropAllFunctions(conn)
         for job in list(conn.related_jobs.values()):
             if job.worker_connection is conn and \
                     (job._state & STATE) == RUNNING:
