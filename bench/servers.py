@@ -24,8 +24,9 @@ STOP_TIMEOUT = 5.0
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Names accepted by --servers.
-KNOWN_SERVERS = ('geard', 'gearmand', 'gearmand-tuned', 'gearmand-mt',
-                 'gear016')
+KNOWN_SERVERS = ('geard', 'geard-pypy', 'gearmand', 'gearmand-tuned',
+                 'gearmand-mt', 'gear016')
+PYPY = 'pypy3'
 
 # gearmand's job hash tables default to 991 buckets; a queue of 10^5..10^6
 # jobs makes its lookups linear chains.  The tuned variant sizes them for
@@ -306,6 +307,14 @@ def make_server(name, gear016_python=None):
     if name == 'geard':
         check_geard()
         argv, tmpdir = _python_server(name, sys.executable)
+        return ManagedServer(name, argv, cwd=REPO_ROOT,
+                             env=_clean_env(REPO_ROOT), tmpdir=tmpdir)
+    if name == 'geard-pypy':
+        check_geard()
+        pypy = shutil.which(PYPY)
+        if pypy is None:
+            raise ServerUnavailable('geard-pypy: %s is not installed' % PYPY)
+        argv, tmpdir = _python_server(name, pypy)
         return ManagedServer(name, argv, cwd=REPO_ROOT,
                              env=_clean_env(REPO_ROOT), tmpdir=tmpdir)
     if name == 'gear016':
