@@ -120,6 +120,7 @@ class PacketHandlers(object):
             return False
         if self._store_flush is not None:
             self._store_acked.append(conn)
+            self._uncommitted[job] = None
         return True
 
     def _adoptInBackground(self, conn, job):
@@ -167,6 +168,10 @@ class PacketHandlers(object):
         if key is not None:
             job = fq.uniques.get(key)
             if job is not None:
+                if job in self._uncommitted:
+                    # Acknowledged only if the job's commit this turn
+                    # succeeds; otherwise this submitter is dropped too.
+                    self._store_acked.append(conn)
                 if background:
                     if not job.background and \
                             not self._adoptInBackground(conn, job):

@@ -36,7 +36,24 @@ class Scheduling(object):
     # -- job lifecycle --------------------------------------------------------
 
     def _finishJob(self, job):
-        """A job ends for good: forget it everywhere."""
+        """A job ends for good: forget it everywhere, the store too."""
+        self._forgetJob(job)
+        if self._persist and job.background and not job.ignore:
+            try:
+                self.store.remove(job)
+            except Exception:
+                self.log.exception("Cannot remove %s from the job store",
+                                   job.handle)
+            if self._store_flush is not None and not self._store_acked:
+                # Commit the removal this turn even if nothing is acked,
+                # or a crash would replay finished jobs.
+                self._store_acked.append(None)
+        if self.stats is not None:
+            self._updateStats()
+
+    def _forgetJob(self, job):
+        """Take a job out of the queues, the unique and handle indexes,
+        its connections and its timer."""
         self.queue.remove(job)
         handle = job.handle
         links = job._links
@@ -53,18 +70,6 @@ class Scheduling(object):
                 if timer is not None:
                     self._cancelTimer(timer)
                     job._timer = None
-        if self._persist and job.background and not job.ignore:
-            try:
-                self.store.remove(job)
-            except Exception:
-                self.log.exception("Cannot remove %s from the job store",
-                                   handle)
-            if self._store_flush is not None and not self._store_acked:
-                # Commit the removal this turn even if nothing is acked,
-                # or a crash would replay finished jobs.
-                self._store_acked.append(None)
-        if self.stats is not None:
-            self._updateStats()
 
     def _requeueJob(self, job, reason):
         """Give a job that lost its worker back to the queue, or fail it

@@ -198,6 +198,9 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self._store_flush = getattr(self.store, 'flush', None) \
             if self._persist else None
         self._store_acked = []
+        # Background jobs stored this turn but not committed yet; if the
+        # commit fails they never existed (see _commitStore).
+        self._uncommitted = {}
 
         self.statsd = None
         self.stats = None
@@ -503,8 +506,15 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
             self.writeToConnection(conn)
 
     def _commitStore(self):
+        """The store-commit rule: a background job is committed before
+        its JOB_CREATED leaves.  If the commit fails, the jobs of the
+        turn never existed: they leave every index (a retried submit
+        with the same unique is a fresh job), and every connection
+        acknowledged for them is closed instead."""
         acked = self._store_acked
+        uncommitted = self._uncommitted
         self._store_acked = []
+        self._uncommitted = {}
         try:
             self._store_flush()
         except Exception:
@@ -517,11 +527,19 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                     discard()
                 except Exception:
                     pass
+            for job in uncommitted:
+                if job.clients:
+                    # A foreground job some background submit adopted:
+                    # its own clients keep it, in memory only.
+                    job.background = False
+                else:
+                    self._forgetJob(job)
             for conn in acked:
                 if conn is None:  # a removal only
                     continue
                 conn.send_queue.clear()
                 self._lostConnection(conn)
+            self._updateStats()
 
     def _drainWakePipe(self):
         try:
