@@ -109,8 +109,12 @@ class ServerConnection(NonBlockingConnection):
         self._paused = False  # reading stopped until replies are read
         # A plain (not TLS) socket: the loop may read it directly.
         self._plain = not use_ssl
-        # input_buffer holds the start of a message (the loop's flag).
-        self._partial = False
+        # The start of a message the last read cut short (the server
+        # loop's, see gear.protocol.MessageScanner).
+        self._tail = None
+        # The set object ``functions`` the server last matched against
+        # ``_fqs``: a hook that replaces or edits it is noticed.
+        self._synced = self.functions
         self._handshaking = _tls_pending
         self._handshake_timer = None
         # Called with this connection when output is queued outside the

@@ -66,7 +66,7 @@ class FastPaths(object):
         out = []
         for ptype in range(constants.MAX_TYPE + 1):
             name = names.get(ptype)
-            if self._timed:
+            if self._timed or self._hooked_packets:
                 out.append(partial(self._dispatchTimed, ptype))
             elif ptype in fast and not self._overridden(name):
                 out.append(fast[ptype])

@@ -337,19 +337,31 @@ class PacketHandlers(object):
         fq = self.queue.function(name)
         if fq.name not in conn.functions:
             conn.functions.add(fq.name)
-            conn._fqs[fq] = None
-            fq.workers += 1
+            self._attachFunction(conn, fq)
         if timeout:
             if conn._timeouts is None:
                 conn._timeouts = {}
             conn._timeouts[fq.name] = timeout
         elif conn._timeouts:
             conn._timeouts.pop(fq.name, None)
+
+    def _attachFunction(self, conn, fq):
+        """The bookkeeping of one function a worker gained: O(1)."""
+        conn._fqs[fq] = None
+        fq.workers += 1
         if conn.state == 'SLEEP':
             if fq.runnable:
                 self._wakeOne(conn)
             else:
                 fq.sleepers[conn] = None
+
+    def _detachFunction(self, conn, fq):
+        """The bookkeeping of one function a worker lost: O(1)."""
+        del conn._fqs[fq]
+        fq.workers -= 1
+        fq.sleepers.pop(conn, None)
+        if conn._timeouts:
+            conn._timeouts.pop(fq.name, None)
 
     def handleCanDo(self, packet):
         self._registerFunction(packet.connection, packet.data, None)
@@ -367,17 +379,13 @@ class PacketHandlers(object):
     def _dropFunction(self, conn, name):
         """Forget that ``conn`` can do ``name``: O(1), however many
         functions the worker or workers the function has.  Returns False
-        if it could not."""
+        if it did not have it."""
         if name not in conn.functions:
             return False
         conn.functions.discard(name)
         fq = self.queue.functions.get(name)
-        if fq is not None:
-            conn._fqs.pop(fq, None)
-            fq.workers -= 1
-            fq.sleepers.pop(conn, None)
-        if conn._timeouts:
-            conn._timeouts.pop(name, None)
+        if fq is not None and fq in conn._fqs:
+            self._detachFunction(conn, fq)
         return True
 
     def _requeueUnregistered(self, conn, names, reason):
@@ -413,9 +421,27 @@ class PacketHandlers(object):
             fq.workers -= 1
             fq.sleepers.pop(conn, None)
         conn._fqs = {}
-        conn.functions = set()
+        conn.functions = conn._synced = set()
         conn._timeouts = None
         return names
+
+    def _syncFunctions(self, conn):
+        """Match the bookkeeping to ``conn.functions`` after a subclass's
+        hook replaced or edited that set, as gear 0.16 subclasses do
+        (Zuul's MASS_DO handler assigns a new set and adds every name).
+        O(functions of the worker), and only after such a change."""
+        names = conn.functions
+        held = {fq.name: fq for fq in conn._fqs}
+        lost = [name for name in held if name not in names]
+        for name in lost:
+            self._detachFunction(conn, held[name])
+        for name in names:
+            if name not in held:
+                self._attachFunction(conn, self.queue.function(name))
+        conn._synced = names
+        if lost:
+            self._requeueUnregistered(conn, set(lost),
+                                      'worker dropped the function')
 
     def handleSetClientID(self, packet):
         packet.connection.client_id = bytes(packet.data[:MAX_CLIENT_ID])
