@@ -1084,12 +1084,13 @@ def build_servers(opts):
     for name in opts.servers.split(','):
         name = name.strip()
         try:
-            servers_mod.make_server(name, opts.gear016_python).stop()
+            servers_mod.make_server(name, opts.gear016_python,
+                                    opts.base_root).stop()
         except servers_mod.ServerUnavailable as e:
             skipped.append((name, str(e)))
             continue
         factories.append((name, lambda name=name: servers_mod.make_server(
-            name, opts.gear016_python)))
+            name, opts.gear016_python, opts.base_root)))
     return factories, skipped
 
 
@@ -1137,6 +1138,8 @@ def parse_args(argv=None):
                    help='use an already running server instead')
     p.add_argument('--pid', type=int, default=None,
                    help='PID of that server, for CPU and memory figures')
+    p.add_argument('--base-root', default=None,
+                   help='another checkout whose geard runs as geard-base')
     p.add_argument('--gear016-python', default=None,
                    help='Python of a separate environment with gear 0.16')
     p.add_argument('--load', choices=LOADS + ('both',), default='raw',

@@ -24,8 +24,8 @@ STOP_TIMEOUT = 5.0
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Names accepted by --servers.
-KNOWN_SERVERS = ('geard', 'geard-pypy', 'gearmand', 'gearmand-tuned',
-                 'gearmand-mt', 'gear016')
+KNOWN_SERVERS = ('geard', 'geard-pypy', 'geard-base', 'gearmand',
+                 'gearmand-tuned', 'gearmand-mt', 'gear016')
 PYPY = 'pypy3'
 
 # gearmand's job hash tables default to 991 buckets; a queue of 10^5..10^6
@@ -287,11 +287,24 @@ def check_geard():
                                 % (type(e).__name__, e))
 
 
-def make_server(name, gear016_python=None):
+def make_server(name, gear016_python=None, base_root=None):
     """Build (but do not start) the named server.
 
-    Raises ServerUnavailable with a readable reason when it cannot run.
+    ``base_root`` is another checkout of this repository (say, of the
+    commit a change starts from) whose geard runs as ``geard-base``, so
+    that both are measured in one run on the same machine load.  Raises
+    ServerUnavailable with a readable reason when it cannot run.
     """
+    if name == 'geard-base':
+        if not base_root or not os.path.isfile(
+                os.path.join(base_root, 'gear', 'cmd', 'geard.py')):
+            raise ServerUnavailable(
+                'geard-base: pass --base-root DIR (a checkout with '
+                'gear/cmd/geard.py)')
+        root = os.path.abspath(base_root)
+        argv, tmpdir = _python_server(name, sys.executable)
+        return ManagedServer(name, argv, cwd=root, env=_clean_env(root),
+                             tmpdir=tmpdir)
     if name in ('gearmand', 'gearmand-tuned', 'gearmand-mt'):
         if not os.access(GEARMAND, os.X_OK):
             raise ServerUnavailable('%s: %s is not installed'

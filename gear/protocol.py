@@ -349,7 +349,8 @@ class MessageScanner(object):
 
         ``tail`` is what the previous call returned.  Returns the start
         of a message still incomplete (a bytearray to pass back with the
-        next chunk), or None.
+        next chunk), or None.  One loop on purpose: it runs for every
+        message the server receives.
         """
         if tail is not None:
             searched = len(tail)
@@ -357,37 +358,6 @@ class MessageScanner(object):
             if self._incomplete(tail, searched):
                 return tail
             data = bytes(tail)
-        pos = self._dispatch(context, data)
-        if pos < len(data) and not context.closed:
-            rest = bytearray(data[pos:])
-            self._incomplete(rest, 0)  # validates a header already seen
-            return rest
-        return None
-
-    def _incomplete(self, buf, searched):
-        """True while the message at the start of ``buf`` is cut short;
-        raises for a bad header.  ``searched``: bytes known to hold no
-        newline."""
-        if buf[0] == 0:
-            if len(buf) < 12:
-                return True
-            magic, ptype, size = _unpack_ints(buf, 0)
-            if magic != _REQ_MAGIC and magic != _RES_MAGIC:
-                raise ProtocolError("Invalid magic code %r" % (
-                    bytes(buf[:4]),))
-            if size > self.max_packet_size:
-                raise PacketTooLarge(size, self.max_packet_size)
-            return len(buf) < 12 + size
-        if buf.find(b'\n', searched) >= 0:
-            return False
-        if len(buf) > MAX_ADMIN_LINE:
-            raise ProtocolError("Admin line too long")
-        return True
-
-    def _dispatch(self, context, data):
-        """Dispatch complete messages from the start of ``data``; return
-        where the first incomplete one starts.  One loop on purpose: it
-        runs for every message the server receives."""
         pos = 0
         end = len(data)
         handlers = self.handlers
@@ -397,7 +367,7 @@ class MessageScanner(object):
         req_magic = _REQ_MAGIC
         while pos < end:
             if context.closed:
-                break
+                return None
             if data[pos] == 0:
                 if end - pos < 12:
                     break
@@ -428,4 +398,28 @@ class MessageScanner(object):
                 if line.endswith(b'\r'):
                     line = line[:-1]
                 self.on_line(context, line)
-        return pos
+        if pos < end and not context.closed:
+            rest = bytearray(data[pos:])
+            self._incomplete(rest, 0)  # validates a header already seen
+            return rest
+        return None
+
+    def _incomplete(self, buf, searched):
+        """True while the message at the start of ``buf`` is cut short;
+        raises for a bad header.  ``searched``: bytes known to hold no
+        newline."""
+        if buf[0] == 0:
+            if len(buf) < 12:
+                return True
+            magic, ptype, size = _unpack_ints(buf, 0)
+            if magic != _REQ_MAGIC and magic != _RES_MAGIC:
+                raise ProtocolError("Invalid magic code %r" % (
+                    bytes(buf[:4]),))
+            if size > self.max_packet_size:
+                raise PacketTooLarge(size, self.max_packet_size)
+            return len(buf) < 12 + size
+        if buf.find(b'\n', searched) >= 0:
+            return False
+        if len(buf) > MAX_ADMIN_LINE:
+            raise ProtocolError("Admin line too long")
+        return True
