@@ -39,17 +39,20 @@ class Scheduling(object):
         """A job ends for good: forget it everywhere, the store too."""
         self._forgetJob(job)
         if self._persist and job.background and not job.ignore:
-            try:
-                self.store.remove(job)
-            except Exception:
-                self.log.exception("Cannot remove %s from the job store",
-                                   job.handle)
-            if self._store_flush is not None and not self._store_acked:
-                # Commit the removal this turn even if nothing is acked,
-                # or a crash would replay finished jobs.
-                self._store_acked.append(None)
+            self._unstore(job)
         if self.stats is not None:
             self._updateStats()
+
+    def _unstore(self, job):
+        """Remove a background job from the store, committed this turn
+        even if nothing is acknowledged (or a crash would replay it)."""
+        try:
+            self.store.remove(job)
+        except Exception:
+            self.log.exception("Cannot remove %s from the job store",
+                               job.handle)
+        if self._store_flush is not None and not self._store_acked:
+            self._store_acked.append(None)
 
     def _forgetJob(self, job):
         """Take a job out of the queues, the unique and handle indexes,
@@ -260,13 +263,7 @@ class Scheduling(object):
             job.clients = []
         if (job._state & STATE) == RUNNING:
             if job.background and self._persist:
-                try:
-                    self.store.remove(job)
-                except Exception:
-                    self.log.exception("Cannot remove %s from the job store",
-                                       job.handle)
-                if self._store_flush is not None and not self._store_acked:
-                    self._store_acked.append(None)
+                self._unstore(job)
             job.ignore = True
             self.queue.releaseUnique(job)
         else:

@@ -32,7 +32,7 @@ import threading
 import time
 
 from gear import constants
-from gear.base import PACKET_HANDLERS, BaseClientServer
+from gear.base import PACKET_HANDLERS
 from gear.errors import ConfigurationError, ProtocolError
 from gear.protocol import (
     DEFAULT_MAX_PACKET_SIZE, MessageScanner, Packet, PacketTooLarge)
@@ -84,7 +84,7 @@ def _default_prefix():
 
 
 class Server(handlers.PacketHandlers, scheduling.Scheduling,
-             admin_mod.AdminHandlers, BaseClientServer):
+             admin_mod.AdminHandlers):
     """A Gearman job server.
 
     The positional arguments are gear's; everything after ``tcp_keepcnt``
@@ -216,8 +216,8 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
 
         self._debug = self.log.isEnabledFor(logging.DEBUG)
         self.lock = threading.RLock()
-        # BaseClientServer's state; its client threads are not used (this
-        # constructor does not call its __init__).
+        # Attributes gear's Server had from its client base class, kept
+        # for callers that read them (the server has no client threads).
         self.inactive_connections = []
         self.connection_index = -1
         self.connections_condition = threading.Condition()

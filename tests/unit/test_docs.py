@@ -180,7 +180,8 @@ class TestDocExamples(testtools.TestCase):
     @staticmethod
     def _stopLeftovers(namespace):
         for obj in list(namespace.values()):
-            if isinstance(obj, gear.BaseClientServer) and obj.running:
+            if isinstance(obj, (gear.BaseClientServer, gear.Server)) and \
+                    obj.running:
                 obj.shutdown()
 
 
