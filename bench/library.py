@@ -5,7 +5,7 @@
 what gets measured.  With ``--load library`` the same scenarios run with
 these processes instead, which use the public API as an application
 would: ``Client.submitJob`` from a few submitting threads, foreground
-completions seen through ``handleWorkComplete``, and a pool of threads
+completions seen through the client's ``job_callback``, and a pool of threads
 per worker calling ``Worker.getJob`` and ``sendWorkComplete``.  The
 difference in ``client_cpu_us_per_job`` is then what the library costs
 its user per job.
@@ -85,38 +85,8 @@ def _join(threads, deadline):
         raise LoadError('%d thread(s) did not finish' % alive)
 
 
-class _NotifyingClient(gear.Client):
-    """Calls ``on_end(job, ok)`` when a foreground job ends.
-
-    The overrides run in the client's poll thread.
-    """
-
-    def __init__(self, client_id, on_end):
-        super(_NotifyingClient, self).__init__(client_id)
-        self._on_end = on_end
-
-    def handleWorkComplete(self, packet):
-        job = super(_NotifyingClient, self).handleWorkComplete(packet)
-        if job is not None:
-            self._on_end(job, True)
-        return job
-
-    def handleWorkFail(self, packet):
-        job = super(_NotifyingClient, self).handleWorkFail(packet)
-        if job is not None:
-            self._on_end(job, False)
-        return job
-
-    def handleWorkException(self, packet):
-        job = super(_NotifyingClient, self).handleWorkException(packet)
-        if job is not None:
-            self._on_end(job, False)
-        return job
-
-    def handleDisconnect(self, job):
-        job = super(_NotifyingClient, self).handleDisconnect(job)
-        self._on_end(job, False)
-        return job
+_FINAL_EVENTS = {'complete': True, 'fail': False, 'exception': False,
+                 'lost': False}
 
 
 class LibrarySubmitter(object):
@@ -148,8 +118,8 @@ class LibrarySubmitter(object):
         self.t_end = None
         self._ends = []
         self._finished = threading.Event()
-        self.client = _NotifyingClient('bench-' + self.tag.decode(),
-                                       self._ended)
+        self.client = gear.Client('bench-' + self.tag.decode(),
+                                  job_callback=self._ended)
         _connect(self.client, spec['host'], spec['port'])
 
     def describe(self):
@@ -157,8 +127,12 @@ class LibrarySubmitter(object):
                 'errors %s' % (self.tag.decode(), len(self.handles),
                                self.count, self.completed, self.errors[:3]))
 
-    def _ended(self, job, ok):
-        # In the poll thread: the only writer of completed and latencies.
+    def _ended(self, job, event, data):
+        # The client's job_callback, in its poll thread: the only writer
+        # of completed and latencies.
+        ok = _FINAL_EVENTS.get(event)
+        if ok is None:
+            return
         now = time.perf_counter()
         if not ok:
             self.errors.append('job %s failed (disconnected: %s)'

@@ -28,24 +28,6 @@ import gear  # noqa: E402
 GEARMAND = '/usr/sbin/gearmand'
 
 
-class WaitingClient(gear.Client):
-    """A client that signals an event when a job finishes."""
-
-    def __init__(self, *args, **kw):
-        super(WaitingClient, self).__init__(*args, **kw)
-        self.finished = threading.Event()
-
-    def handleWorkComplete(self, packet):
-        job = super(WaitingClient, self).handleWorkComplete(packet)
-        self.finished.set()
-        return job
-
-    def handleWorkFail(self, packet):
-        job = super(WaitingClient, self).handleWorkFail(packet)
-        self.finished.set()
-        return job
-
-
 def free_port():
     sock = socket.socket()
     try:
@@ -78,7 +60,7 @@ def percentile(sorted_values, fraction):
 
 
 def run(port, count, warmup, size):
-    client = WaitingClient('bench-client')
+    client = gear.Client('bench-client')
     worker = gear.Worker('bench-worker')
     try:
         client.addServer('127.0.0.1', port)
@@ -100,14 +82,11 @@ def run(port, count, warmup, size):
         payload = b'x' * size
         samples = []
         for i in range(warmup + count):
-            client.finished.clear()
             job = gear.Job('bench', payload)
             start = time.perf_counter()
             client.submitJob(job)
-            while not job.complete:
-                if not client.finished.wait(10):
-                    raise SystemExit("job %d did not complete" % i)
-                client.finished.clear()
+            if not job.wait(10):
+                raise SystemExit("job %d did not complete" % i)
             elapsed = time.perf_counter() - start
             if i >= warmup:
                 samples.append(elapsed * 1000.0)

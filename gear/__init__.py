@@ -24,6 +24,7 @@ from gear.job import (  # noqa: F401
 from gear.protocol import Packet  # noqa: F401
 from gear.server import (  # noqa: F401
     Server, ServerAdminRequest, ServerConnection, ServerJob)
+from gear.version import __version__  # noqa: F401
 from gear.util import (  # noqa: F401
     best_tls_version, convert_to_bytes, create_ssl_context)
 from gear.worker import TextWorker, Worker  # noqa: F401

@@ -4,7 +4,9 @@ The subject of a connection is the CN of its client certificate (None for
 a plain TCP connection).  Once a server has an :class:`ACL`, everything not
 granted is denied: a subject may register (CAN_DO) functions that match its
 ``register`` pattern, submit or cancel jobs of functions that match its
-``invoke`` pattern, and change other subjects' entries if it has ``grant``.
+``invoke`` pattern, change other subjects' entries if it has ``grant``, and
+use the admin commands that change the server or reveal other subjects'
+jobs if it has ``admin``.
 Patterns are Python regular expressions applied with ``re.match``, so they
 are anchored at the start of the name only.
 """
@@ -36,7 +38,8 @@ def _compile(kind, pattern):
 class ACLEntry(object):
     """What one subject is allowed to do."""
 
-    def __init__(self, subject, register=None, invoke=None, grant=False):
+    def __init__(self, subject, register=None, invoke=None, grant=False,
+                 admin=False):
         self.subject = _text(subject)
         self.register = None
         self.invoke = None
@@ -45,15 +48,20 @@ class ACLEntry(object):
         self.setRegister(register)
         self.setInvoke(invoke)
         self.setGrant(grant)
+        self.setAdmin(admin)
 
     def __repr__(self):
-        return '<ACLEntry for %s register=%s invoke=%s grant=%s>' % (
+        text = '<ACLEntry for %s register=%s invoke=%s grant=%s' % (
             self.subject, self.register, self.invoke, self.grant)
+        # Entries without admin print as they always did.
+        if self.admin:
+            text += ' admin=True'
+        return text + '>'
 
     def isEmpty(self):
         """True when the entry grants nothing and may be dropped."""
         return (self.register is None and self.invoke is None
-                and not self.grant)
+                and not self.grant and not self.admin)
 
     def canRegister(self, name):
         """May this subject register function ``name`` (str or bytes)?"""
@@ -84,6 +92,10 @@ class ACLEntry(object):
         """Allow or forbid changing other subjects' entries."""
         # An ACL-file entry without a grant key used to carry None here.
         self.grant = bool(grant)
+
+    def setAdmin(self, admin):
+        """Allow or forbid the admin commands that need ``admin``."""
+        self.admin = bool(admin)
 
 
 class ACL(object):
@@ -129,6 +141,10 @@ class ACL(object):
         entry = self._get(subject)
         return entry is not None and entry.grant
 
+    def canAdmin(self, subject):
+        entry = self._get(subject)
+        return entry is not None and entry.admin
+
     def _getOrCreate(self, subject):
         entry = self._get(subject)
         if entry is None:
@@ -159,6 +175,10 @@ class ACL(object):
         """Let ``subject`` change ACL entries, creating its entry."""
         self._getOrCreate(subject).setGrant(True)
 
+    def grantAdmin(self, subject):
+        """Let ``subject`` use the admin commands that need ``admin``."""
+        self._getOrCreate(subject).setAdmin(True)
+
     def revokeInvoke(self, subject):
         """Remove the invoke pattern; drop the entry if nothing is left."""
         entry = self._get(subject)
@@ -180,24 +200,33 @@ class ACL(object):
             entry.setGrant(False)
             self._pruneIfEmpty(entry)
 
+    def revokeAdmin(self, subject):
+        """Remove the admin right; drop the entry if nothing is left."""
+        entry = self._get(subject)
+        if entry is not None:
+            entry.setAdmin(False)
+            self._pruneIfEmpty(entry)
+
     # Loading the geard ACL file
 
-    _FILE_KEYS = ('register', 'invoke', 'grant')
+    _FILE_KEYS = ('register', 'invoke', 'grant', 'admin')
+    _FILE_FLAGS = ('grant', 'admin')
 
     @classmethod
     def fromFile(cls, path):
         """Build an ACL from an INI file, as read by ``geard --acl``.
 
         Each section names a subject (a certificate CN) and may set
-        ``register`` and ``invoke`` (regular expressions) and ``grant``
-        (a boolean: yes/no, true/false, on/off, 1/0)::
+        ``register`` and ``invoke`` (regular expressions), ``grant`` and
+        ``admin`` (booleans: yes/no, true/false, on/off, 1/0)::
 
             [worker.example.org]
             register = build-.*
 
-            [admin]
+            [operator]
             invoke = .*
             grant = true
+            admin = true
 
         A missing or unreadable file, a syntax error, an unknown key, a
         bad pattern or a bad boolean raises :class:`ACLError` naming the
@@ -230,14 +259,16 @@ class ACL(object):
             if unknown:
                 raise ACLError('%s: unknown key(s) %s; expected %s' % (
                     where, ', '.join(unknown), ', '.join(cls._FILE_KEYS)))
-            try:
-                grant = options.getboolean('grant', fallback=False)
-            except ValueError:
-                raise ACLError('%s: grant must be a boolean, not %r'
-                               % (where, options['grant']))
+            flags = {}
+            for flag in cls._FILE_FLAGS:
+                try:
+                    flags[flag] = options.getboolean(flag, fallback=False)
+                except ValueError:
+                    raise ACLError('%s: %s must be a boolean, not %r'
+                                   % (where, flag, options[flag]))
             try:
                 acl.add(ACLEntry(section, options.get('register'),
-                                 options.get('invoke'), grant))
+                                 options.get('invoke'), **flags))
             except ACLError as e:
                 raise ACLError('%s: %s' % (where, e))
         return acl

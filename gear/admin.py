@@ -23,8 +23,9 @@ __all__ = [
     'PriorityStatusAdminRequest', 'MaxQueueAdminRequest',
     'GetPidAdminRequest', 'VerboseAdminRequest',
     'CreateFunctionAdminRequest', 'DropFunctionAdminRequest',
-    'ACLListAdminRequest', 'ACLGrantAdminRequest', 'ACLRevokeAdminRequest',
-    'ACLSelfRevokeAdminRequest', 'ShutdownAdminRequest',
+    'ACLRow', 'ACLListAdminRequest', 'ACLGrantAdminRequest',
+    'ACLRevokeAdminRequest', 'ACLSelfRevokeAdminRequest',
+    'ShutdownAdminRequest',
 ]
 
 # Bytes that would end the command line early or split one argument in two.
@@ -335,14 +336,30 @@ class WorkersAdminRequest(AdminRequest):
         return rows
 
 
+class ACLRow(tuple):
+    """One ``acl list`` row: a (subject, register, invoke, grant) tuple
+    that also carries ``admin`` (a bool), so code unpacking four values
+    keeps working."""
+
+    admin = False
+
+    def __new__(cls, subject, register, invoke, grant, admin=False):
+        row = super().__new__(cls, (subject, register, invoke, grant))
+        row.admin = admin
+        return row
+
+
 class ACLListAdminRequest(AdminRequest):
     """``acl list``: parse() gives (subject, register, invoke, grant) rows.
 
-    ``register`` and ``invoke`` are patterns or None, ``grant`` is a bool.
+    ``register`` and ``invoke`` are patterns or None, ``grant`` is a bool;
+    each row is an :class:`ACLRow` whose ``admin`` attribute tells whether
+    the subject has the admin right (False from servers that do not list
+    it).
     """
 
     command = b'acl list'
-    _fields = (b'register=', b'invoke=', b'grant=')
+    _fields = (b'register=', b'invoke=', b'grant=', b'admin=')
 
     def __init__(self):
         super().__init__()
@@ -350,16 +367,20 @@ class ACLListAdminRequest(AdminRequest):
     def parse(self):
         rows = []
         for line in self._replyLines():
-            parts = line.rsplit(b'\t', 3)
-            if len(parts) != 4 or not all(
+            parts = line.rsplit(b'\t', 4)
+            if len(parts) != 5 or not parts[4].startswith(b'admin='):
+                # Servers without the admin right list four columns.
+                parts = line.rsplit(b'\t', 3)
+            if len(parts) < 4 or not all(
                     p.startswith(f) for p, f in zip(parts[1:], self._fields)):
                 raise InvalidDataError('Bad acl list row: %r' % (line,))
             values = [_decode(p[len(f):])
                       for p, f in zip(parts[1:], self._fields)]
             register, invoke = [None if v == 'None' else v
                                 for v in values[:2]]
-            rows.append((_decode(parts[0]), register, invoke,
-                         values[2] == 'True'))
+            flags = [v == 'True' for v in values[2:]]
+            rows.append(ACLRow(_decode(parts[0]), register, invoke,
+                               *flags))
         return rows
 
 
@@ -474,7 +495,7 @@ class ShutdownAdminRequest(_OkAdminRequest):
             super().__init__()
 
 
-_GRANT_VERBS = ('register', 'invoke', 'grant')
+_GRANT_VERBS = ('register', 'invoke', 'grant', 'admin')
 _REVOKE_VERBS = _GRANT_VERBS + ('all',)
 
 
@@ -488,10 +509,10 @@ def _check_verb(verb, allowed):
 
 
 class ACLGrantAdminRequest(_OkAdminRequest):
-    """``acl grant <register|invoke|grant> <subject> [<pattern>]``.
+    """``acl grant <register|invoke|grant|admin> <subject> [<pattern>]``.
 
     ``register`` and ``invoke`` need a pattern (it may hold spaces);
-    ``grant`` takes none.
+    ``grant`` and ``admin`` take none.
     """
 
     command = b'acl grant'
@@ -499,9 +520,10 @@ class ACLGrantAdminRequest(_OkAdminRequest):
 
     def __init__(self, verb, subject, pattern=None):
         verb = _check_verb(verb, _GRANT_VERBS)
-        if verb == 'grant':
+        if verb in ('grant', 'admin'):
             if pattern is not None:
-                raise ConfigurationError('acl grant grant takes no pattern')
+                raise ConfigurationError('acl grant %s takes no pattern'
+                                         % verb)
             arguments = (verb, subject)
         else:
             if not pattern:
@@ -513,7 +535,7 @@ class ACLGrantAdminRequest(_OkAdminRequest):
 
 
 class ACLRevokeAdminRequest(_OkAdminRequest):
-    """``acl revoke <register|invoke|grant|all> <subject>``."""
+    """``acl revoke <register|invoke|grant|admin|all> <subject>``."""
 
     command = b'acl revoke'
 
@@ -522,7 +544,8 @@ class ACLRevokeAdminRequest(_OkAdminRequest):
 
 
 class ACLSelfRevokeAdminRequest(_OkAdminRequest):
-    """``acl self-revoke <register|invoke|grant|all>`` for the caller's CN."""
+    """``acl self-revoke <register|invoke|grant|admin|all>`` for the
+    caller's CN."""
 
     command = b'acl self-revoke'
 

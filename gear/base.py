@@ -130,6 +130,8 @@ class BaseClientServer(object):
         self._activation_lock = threading.RLock()
         self._shutdown_lock = threading.Lock()
         self._backoffs = {}
+        # conn -> the reason its last connection attempt failed.
+        self._connect_errors = {}
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
         os.set_blocking(self.wake_write, False)
@@ -210,10 +212,13 @@ class BaseClientServer(object):
                 conn.connect()
             except ConnectionError as e:
                 self.log.debug("Unable to connect to %s: %s", conn, e)
+                self._connect_errors[conn] = e
                 return False
-            except Exception:
+            except Exception as e:
                 self.log.exception("Exception while connecting to %s", conn)
+                self._connect_errors[conn] = e
                 return False
+            self._connect_errors.pop(conn, None)
         with self._activation_lock:
             try:
                 self._onConnect(conn)
@@ -513,8 +518,19 @@ class BaseClient(BaseClientServer):
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError()
+                    raise TimeoutError(self._noServerMessage(timeout))
                 self.connections_condition.wait(remaining)
+
+    def _noServerMessage(self, timeout):
+        """What waitForServer's TimeoutError says: the servers tried and
+        why each failed, as far as known."""
+        servers = []
+        for conn in self.inactive_connections:
+            where = '%s:%s' % (conn.host, conn.port)
+            error = self._connect_errors.get(conn)
+            servers.append('%s (%s)' % (where, error) if error else where)
+        return 'no Gearman server connected within %gs (tried: %s)' % (
+            timeout, ', '.join(servers) or 'no server was added')
 
     def getConnection(self):
         """Return the next active connection, round-robin.

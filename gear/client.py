@@ -59,6 +59,9 @@ class Client(BaseClient):
         lost then runs twice: use it for jobs that are safe to repeat.
     :arg float resubmit_timeout: how long a lost job may wait for a
         server to take it again before it is marked failed.
+    :arg job_callback: called as ``job_callback(job, event, data)`` for
+        every update to a foreground job; see :meth:`handleJobEvent`.
+        Also settable later as the ``job_callback`` attribute.
     """
 
     #: Seconds a server may take to answer an echo after it failed to
@@ -66,8 +69,9 @@ class Client(BaseClient):
     probe_timeout = 5.0
 
     def __init__(self, client_id='unknown', exceptions=True,
-                 resubmit=False, resubmit_timeout=60):
+                 resubmit=False, resubmit_timeout=60, job_callback=None):
         super(Client, self).__init__(client_id)
+        self.job_callback = job_callback
         self.log = logging.getLogger(
             "gear.Client.%s" % (to_text(self.client_id),))
         self.options = set()
@@ -233,7 +237,8 @@ class Client(BaseClient):
             self._lostConnection(conn)
             raise
         if not task.wait(timeout) and task.abandon():
-            raise TimeoutError()
+            raise TimeoutError("%s did not answer a status request for %s"
+                               " within %gs" % (conn, job, timeout))
         if task.failed:
             raise GearmanError("Status request for %s failed: %s" %
                                (job, task.error))
@@ -277,7 +282,8 @@ class Client(BaseClient):
             if task.result[0]:
                 return task.result
         if tasks and not answered:
-            raise TimeoutError()
+            raise TimeoutError("no server answered a status request for"
+                               " unique %r within %gs" % (unique, timeout))
         return (False, False, b'0', b'0', 0)
 
     # Replies
@@ -346,8 +352,9 @@ class Client(BaseClient):
             conn.related_jobs.pop(handle, None)
         return job
 
-    def _updateJob(self, packet, final, argument=None, **state):
-        """Apply one WORK_* packet to the job it names.
+    def _updateJob(self, packet, event, final, argument=None, **state):
+        """Apply one WORK_* packet to the job it names, then report
+        ``event``.
 
         ``argument`` says where the packet's payload goes: ``'data'``
         appends it to ``job.data`` (unless empty), ``'exception'`` stores
@@ -358,38 +365,94 @@ class Client(BaseClient):
         job = self._jobForUpdate(packet, final)
         if job is None:
             return None
+        payload = None
         if argument == 'data':
-            data = packet.getArgument(1, True)
-            if data:
-                job.data.append(data)
+            payload = packet.getArgument(1, True)
+            if payload:
+                job.data.append(payload)
         elif argument == 'exception':
-            job.exception = packet.getArgument(1, True)
+            payload = job.exception = packet.getArgument(1, True)
         for name, value in state.items():
             setattr(job, name, value)
+        self._jobEvent(job, event, payload, final)
         return job
 
+    def _jobEvent(self, job, event, data, final):
+        try:
+            self.handleJobEvent(job, event, data)
+        except Exception:
+            self.log.exception("Exception in the %s event handler of %s",
+                               event, job)
+        if final:
+            # getattr: a gear 0.16 program may follow a job object of
+            # its own that is not a gear.Job.
+            wake = getattr(job, '_wakeWaiters', None)
+            if wake is not None:
+                wake()
+
+    def handleJobEvent(self, job, event, data):
+        """Called for every update to a foreground job, after ``job`` has
+        been updated; calls ``job_callback`` if one is set.
+
+        ``event`` is one of ``'data'``, ``'warning'``, ``'status'``
+        (progress: see ``job.numerator`` and ``job.denominator``), and the
+        final ones ``'complete'``, ``'fail'``, ``'exception'`` and
+        ``'lost'`` (see :meth:`handleDisconnect`).  ``data`` is the
+        packet's payload as bytes for data, warning, complete and
+        exception, else None.
+
+        It runs in the client's poll thread (``'lost'`` may also come from
+        the resubmission thread or
+        :meth:`~gear.BaseClientServer.shutdown`): it must not block.
+        An exception it raises is logged and otherwise ignored.  Override
+        it, or set ``job_callback``, instead of the ``handleWork*``
+        methods; those still work as in gear 0.16.
+        """
+        callback = self.job_callback
+        if callback is not None:
+            callback(job, event, data)
+
+    def waitForJobs(self, jobs, timeout=None):
+        """Wait until every job in ``jobs`` has ended (see
+        :meth:`Job.wait <gear.Job.wait>`), at most ``timeout`` seconds in
+        all (None: no limit).
+
+        :returns: True if all ended; False if ``timeout`` passed first
+            (the jobs whose ``complete`` is still False are the ones left).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for job in jobs:
+            remaining = None if deadline is None else \
+                max(0.0, deadline - time.monotonic())
+            if not job.wait(remaining):
+                return False
+        return True
+
     def handleWorkComplete(self, packet):
-        return self._updateJob(packet, True, 'data',
+        return self._updateJob(packet, 'complete', True, 'data',
                                complete=True, failure=False)
 
     def handleWorkFail(self, packet):
-        return self._updateJob(packet, True, complete=True, failure=True)
+        return self._updateJob(packet, 'fail', True,
+                               complete=True, failure=True)
 
     def handleWorkException(self, packet):
-        return self._updateJob(packet, True, 'exception',
+        return self._updateJob(packet, 'exception', True, 'exception',
                                complete=True, failure=True)
 
     def handleWorkData(self, packet):
-        return self._updateJob(packet, False, 'data')
+        return self._updateJob(packet, 'data', False, 'data')
 
     def handleWorkWarning(self, packet):
-        return self._updateJob(packet, False, 'data', warning=True)
+        return self._updateJob(packet, 'warning', False, 'data',
+                               warning=True)
 
     def handleWorkStatus(self, packet):
         job = self._jobForUpdate(packet, False)
         if job is None:
             return None
         self._setProgress(job, packet.getArgument(1), packet.getArgument(2))
+        self._jobEvent(job, 'status', None, False)
         return job
 
     @staticmethod
@@ -460,12 +523,24 @@ class Client(BaseClient):
             return job
         return self._markLost(job)
 
-    @staticmethod
-    def _markLost(job):
+    def _markLost(self, job):
         job.complete = True
         job.failure = True
         job.disconnected = True
+        self._jobEvent(job, 'lost', None, True)
         return job
+
+    def _cleanup(self):
+        # Jobs still followed when the client shuts down are lost too:
+        # nothing would ever end them, and their waiters must wake.
+        # Collected first: disconnecting forgets them.
+        with self.connections_condition:
+            conns = self.active_connections + self.inactive_connections
+        jobs = [job for conn in conns for job in self._relatedJobs(conn)]
+        super(Client, self)._cleanup()
+        for job in jobs:
+            if not job.complete:
+                self._markLost(job)
 
     def _queueResubmission(self, job):
         job.handle = None

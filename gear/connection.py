@@ -47,7 +47,7 @@ class Task(object):
     The connection keeps its tasks in send order (``pending_tasks``):
     servers answer in order, so each reply belongs to the oldest task,
     and a reply of another kind proves that older tasks will never be
-    answered (see :meth:`Connection._takeReplyTask`).
+    answered (see ``Connection._takeReplyTask()``).
     """
 
     #: The packet type that answers this request (ERROR answers any).

@@ -3,6 +3,12 @@
 The names follow OpenStack gear so that ``except gear.X`` keeps working;
 three of them shadow builtins on purpose (``ConnectionError``,
 ``InterruptedError``, ``TimeoutError``).
+
+gear 0.16 derived every one of them from ``Exception`` alone.  Here
+``ConnectionError``, ``TimeoutError``, ``NoConnectedServersError`` and
+``AdminError`` are also :class:`GearmanError` subclasses, so that one
+``except gear.GearmanError`` covers what a Gearman call may raise while
+each old ``except`` clause still catches what it caught.
 """
 
 
@@ -10,7 +16,7 @@ class GearmanError(Exception):
     """A Gearman operation failed."""
 
 
-class ConnectionError(Exception):  # noqa: A001 - gear-compatible name
+class ConnectionError(GearmanError):  # noqa: A001 - gear-compatible name
     """A connection to a server could not be made or was lost."""
 
 
@@ -34,7 +40,7 @@ class InterruptedError(Exception):  # noqa: A001 - gear-compatible name
     """A blocking wait was interrupted (stopWaitingForJobs, shutdown)."""
 
 
-class TimeoutError(Exception):  # noqa: A001 - gear-compatible name
+class TimeoutError(GearmanError):  # noqa: A001 - gear-compatible name
     """A bounded wait ran out of time."""
 
 

@@ -6,7 +6,11 @@ read and write str and encode it as UTF-8; the ``Binary*`` variants keep
 the name as bytes too.
 """
 
+import logging
+import threading
+
 from gear import constants
+from gear.errors import ConnectionError
 from gear.protocol import Packet
 from gear.util import convert_to_bytes
 
@@ -18,6 +22,12 @@ def _as_bytes(value):
     if isinstance(value, str):
         return value.encode('utf-8')
     return bytes(value)
+
+
+_log = logging.getLogger('gear.WorkerJob')
+
+# Serialises the creation of a Job's wait event (only waiters take it).
+_WAIT_EVENT_LOCK = threading.Lock()
 
 
 def _decimal(value):
@@ -102,14 +112,15 @@ class Job(BaseJob):
     ``complete`` and ``failure`` tell how it ended; ``numerator``,
     ``denominator`` and ``fraction_complete`` track progress; ``known``
     and ``running`` come from a status query.  ``disconnected`` is set
-    when the job was lost with its server connection.
+    when the job was lost with its server connection.  :meth:`wait`
+    blocks until it has ended.
     """
 
     data_type = list
 
     __slots__ = ('_data', '_exception', 'warning', 'complete', 'failure',
                  'numerator', 'denominator', 'fraction_complete', 'known',
-                 'running', 'disconnected')
+                 'running', 'disconnected', '_ended')
 
     def __init__(self, name, arguments, unique=None):
         super(Job, self).__init__(name, arguments, unique)
@@ -124,9 +135,45 @@ class Job(BaseJob):
         self.known = None
         self.running = None
         self.disconnected = False
+        # A threading.Event, made by the first wait(): most jobs are
+        # never waited on and should not pay for one.
+        self._ended = None
+
+    def wait(self, timeout=None):
+        """Block until the job has ended, at most ``timeout`` seconds
+        (None: no limit).
+
+        A foreground job ends with WORK_COMPLETE, WORK_FAIL or
+        WORK_EXCEPTION, or when it is lost with its server connection
+        (``disconnected``) or the client shuts down.  Then ``complete``
+        is True; ``failure`` and ``exception`` say how it went.  A
+        background job never ends as far as its client knows.
+
+        :returns: True if the job has ended, False if ``timeout`` passed
+            first.
+        """
+        if self.complete:
+            return True
+        with _WAIT_EVENT_LOCK:
+            ended = self._ended
+            if ended is None:
+                ended = self._ended = threading.Event()
+        # The client sets ``complete`` before it looks for the event, so
+        # one of the two checks sees the other side's write.
+        if self.complete:
+            return True
+        return ended.wait(timeout) or self.complete
+
+    def _wakeWaiters(self):
+        """Called by the client once ``complete`` is set."""
+        ended = self._ended
+        if ended is not None:
+            ended.set()
 
     @property
     def data(self):
+        """What the worker sent back: a list with the payload of every
+        non-empty WORK_DATA, WORK_WARNING and WORK_COMPLETE, in order."""
         return self._data
 
     @data.setter
@@ -147,6 +194,8 @@ class Job(BaseJob):
 
     @property
     def exception(self):
+        """The payload of WORK_EXCEPTION, or None.  Servers forward it
+        only to clients created with ``exceptions=True``."""
         return self._exception
 
     @exception.setter
@@ -254,6 +303,14 @@ class WorkerJob(BaseJob):
     ``send*`` methods, ending with exactly one of
     :meth:`sendWorkComplete`, :meth:`sendWorkFail` or
     :meth:`sendWorkException`.
+
+    The ``send*`` methods return True when the packet was sent.  When
+    the connection the job came on is gone (the server went away or the
+    worker reconnected since), they log a warning, send nothing and
+    return False instead of raising: the server queues such a job again
+    for another worker (or has lost it with its own queue), so there is
+    nobody to report to.  A long job may check the return value of
+    :meth:`sendWorkStatus` or :meth:`sendWorkData` to give up early.
     """
 
     __slots__ = ('_on_finish', '_track_key')
@@ -264,14 +321,39 @@ class WorkerJob(BaseJob):
         self._on_finish = None
         self._track_key = None
 
+    def _linkLost(self):
+        """True when the connection this job came on is gone."""
+        conn = self.connection
+        # getattr: tests often give a job a stand-in connection.
+        if conn is None or not getattr(conn, 'connected', True):
+            return True
+        key = self._track_key
+        # The Worker notes the connection's generation at assignment: a
+        # reconnected Connection is a new session the job is not part of.
+        return key is not None and \
+            key[1] != getattr(conn, '_generation', key[1])
+
     def _send(self, ptype, data):
         payload = self.handle + b'\x00' + data if data is not None \
             else self.handle
-        self.connection.sendPacket(Packet(constants.REQ, ptype, payload))
+        if not self._linkLost():
+            try:
+                self.connection.sendPacket(
+                    Packet(constants.REQ, ptype, payload))
+                return True
+            except (ConnectionError, OSError) as e:
+                reason = e
+        else:
+            reason = 'not connected'
+        _log.warning("Dropped %s for job %s: its connection to %s is gone"
+                     " (%s); the server hands the job out again",
+                     constants.types.get(ptype, ptype), self.handle,
+                     self.connection, reason)
+        return False
 
     def _sendFinal(self, ptype, data):
         try:
-            self._send(ptype, data)
+            return self._send(ptype, data)
         finally:
             callback, self._on_finish = self._on_finish, None
             if callback is not None:
@@ -279,28 +361,28 @@ class WorkerJob(BaseJob):
 
     def sendWorkData(self, data=b''):
         """Send intermediate data to the client (WORK_DATA)."""
-        self._send(constants.WORK_DATA, _as_bytes(data))
+        return self._send(constants.WORK_DATA, _as_bytes(data))
 
     def sendWorkWarning(self, data=b''):
         """Send a warning to the client (WORK_WARNING)."""
-        self._send(constants.WORK_WARNING, _as_bytes(data))
+        return self._send(constants.WORK_WARNING, _as_bytes(data))
 
     def sendWorkStatus(self, numerator, denominator):
         """Report progress (WORK_STATUS); sent as decimal text."""
-        self._send(constants.WORK_STATUS,
-                   _decimal(numerator) + b'\x00' + _decimal(denominator))
+        return self._send(constants.WORK_STATUS, _decimal(numerator) +
+                          b'\x00' + _decimal(denominator))
 
     def sendWorkComplete(self, data=b''):
         """Finish the job successfully with ``data`` (WORK_COMPLETE)."""
-        self._sendFinal(constants.WORK_COMPLETE, _as_bytes(data))
+        return self._sendFinal(constants.WORK_COMPLETE, _as_bytes(data))
 
     def sendWorkFail(self):
         """Finish the job as failed (WORK_FAIL)."""
-        self._sendFinal(constants.WORK_FAIL, None)
+        return self._sendFinal(constants.WORK_FAIL, None)
 
     def sendWorkException(self, data=b''):
         """Finish the job as failed with an exception (WORK_EXCEPTION)."""
-        self._sendFinal(constants.WORK_EXCEPTION, _as_bytes(data))
+        return self._sendFinal(constants.WORK_EXCEPTION, _as_bytes(data))
 
 
 class TextWorkerJob(TextJobArguments, TextJobUnique, WorkerJob):

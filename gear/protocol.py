@@ -329,7 +329,7 @@ class MessageScanner(object):
     The packet type is not limited here: the framing is magic, type and
     length, and what a type means is the handlers' business.  A bad
     magic or an unterminated admin line longer than
-    :data:`MAX_ADMIN_LINE` raises :class:`ProtocolError`, a header
+    ``MAX_ADMIN_LINE`` raises :class:`ProtocolError`, a header
     announcing more than ``max_packet_size`` raises
     :class:`PacketTooLarge` -- as soon as the header is seen.  Scanning
     stops early once ``context.closed`` is true.

@@ -115,6 +115,11 @@ class Worker(BaseClient):
         # (connection, name) pairs whose CANT_DO waits for them.
         self._running = collections.Counter()
         self._deferred_cant_do = set()
+        # Connections whose server answered GRAB_JOB_UNIQ with an ERROR
+        # (Perl's Gearman::Server): they are sent GRAB_JOB instead.  And
+        # those that assigned a job with a unique, so they support it.
+        self._plain_grab = set()
+        self._uniq_grab_ok = set()
         super(Worker, self).__init__(client_id)
         self.worker_id = self.client_id
         self.log = logging.getLogger(
@@ -316,7 +321,8 @@ class Worker(BaseClient):
                     demand -= 1
 
     def _sendGrabJobUniq(self, connection=None):
-        """Send GRAB_JOB_UNIQ on ``connection``; True if it was sent.
+        """Send GRAB_JOB_UNIQ (GRAB_JOB where the server refused it) on
+        ``connection``; True if it was sent.
 
         Without a connection, grab wherever the waiting callers need it.
         """
@@ -324,12 +330,13 @@ class Worker(BaseClient):
             self._updateStateMachines()
             return True
         connection.changeState(GRAB_WAIT)
+        ptype = constants.GRAB_JOB if connection in self._plain_grab \
+            else constants.GRAB_JOB_UNIQ
         try:
-            connection.sendPacket(Packet(constants.REQ,
-                                         constants.GRAB_JOB_UNIQ, b''))
+            connection.sendPacket(Packet(constants.REQ, ptype, b''))
         except Exception:
-            self.log.exception("Error sending GRAB_JOB_UNIQ to %s",
-                               connection)
+            self.log.exception("Error sending %s to %s",
+                               constants.types[ptype], connection)
             self._lostConnection(connection)
             return False
         return True
@@ -369,7 +376,27 @@ class Worker(BaseClient):
             packet, packet.getArgument(0), packet.getArgument(1),
             packet.getArgument(2, True), None)
 
+    def handleError(self, packet):
+        """An ERROR while a grab is outstanding, on a connection that never
+        assigned a job with a unique, means the server does not know
+        GRAB_JOB_UNIQ: grab with GRAB_JOB there from now on."""
+        conn = packet.connection
+        with self.job_lock:
+            if conn.state == GRAB_WAIT and not conn.pending_tasks and \
+                    packet.getArgument(0) not in self._UNSOLICITED_ERRORS and \
+                    conn not in self._plain_grab and \
+                    conn not in self._uniq_grab_ok:
+                self._plain_grab.add(conn)
+                self.log.info("%s refused GRAB_JOB_UNIQ (ERROR %s); using"
+                              " GRAB_JOB on it", conn,
+                              to_text(packet.getArgument(0)))
+                self._sendGrabJobUniq(conn)
+                return None
+        return super(Worker, self).handleError(packet)
+
     def handleJobAssignUnique(self, packet):
+        if packet.connection not in self._uniq_grab_ok:
+            self._uniq_grab_ok.add(packet.connection)
         unique = packet.getArgument(2)
         return self._handleJobAssignment(
             packet, packet.getArgument(0), packet.getArgument(1),
@@ -436,7 +463,8 @@ class Worker(BaseClient):
                         continue
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        raise TimeoutError()
+                        raise TimeoutError(
+                            "no job arrived within %gs" % timeout)
                     self._job_available.wait(remaining)
             finally:
                 self.waiting_for_jobs -= 1

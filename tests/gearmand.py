@@ -1,7 +1,10 @@
-"""A fixture that runs the C gearmand on a free loopback port.
+"""The C Gearman tools for interop tests: where they are, and a fixture
+that runs gearmand on a free loopback port.
 
-Tests that use it are skipped, with a message saying why, when the
-binary is not installed.
+Tests that need a tool skip, with a message naming it, when it is not
+installed.  ``GEAR_TEST_HIDE_TOOLS`` pretends tools are missing: a
+comma-separated list of names, or ``all``; the suite's own check that
+interop tests skip cleanly runs with it set.
 """
 
 import os
@@ -15,21 +18,88 @@ import testtools
 
 from tests.util import free_port, wait_for  # noqa: F401 (re-exported)
 
-GEARMAND = os.environ.get('GEARMAND', '/usr/sbin/gearmand')
 START_TIMEOUT = 15.0
+HIDE_VARIABLE = 'GEAR_TEST_HIDE_TOOLS'
+
+# Tool name -> (the variable that may give its path, where Debian puts it,
+# the Debian package that ships it).
+TOOLS = {
+    'gearmand': ('GEARMAND', '/usr/sbin/gearmand', 'gearman-job-server'),
+    'gearman': ('GEARMAN', '/usr/bin/gearman', 'gearman-tools'),
+    'gearadmin': ('GEARADMIN', '/usr/bin/gearadmin', 'gearman-tools'),
+    # Perl's Gearman::Server; Debian installs it as /usr/bin/gearmand.
+    'gearmand-perl': ('GEARMAND_PERL', '/usr/bin/gearmand',
+                      'gearman-server'),
+}
+GEARMAND = os.environ.get('GEARMAND', TOOLS['gearmand'][1])
+
+
+def _hidden(name):
+    hidden = os.environ.get(HIDE_VARIABLE, '')
+    names = {part.strip() for part in hidden.split(',')}
+    return 'all' in names or name in names
+
+
+def _is_perl_script(path):
+    try:
+        with open(path, 'rb') as f:
+            first = f.readline(200)
+    except OSError:
+        return False
+    return first.startswith(b'#!') and b'perl' in first
+
+
+def _usable(name, path):
+    if not path or not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        return False
+    # Both gearmand servers share a name: tell them apart.
+    if name == 'gearmand':
+        return not _is_perl_script(path)
+    if name == 'gearmand-perl':
+        return _is_perl_script(path)
+    return True
+
+
+def tool_path(name):
+    """The path of the tool ``name`` (a key of TOOLS), or None when it
+    is not installed or hidden by GEAR_TEST_HIDE_TOOLS."""
+    if _hidden(name):
+        return None
+    variable, default, _package = TOOLS[name]
+    for path in (os.environ.get(variable, default),
+                 shutil.which(os.path.basename(default))):
+        if _usable(name, path):
+            return path
+    return None
+
+
+def missing_reason(name):
+    """Why a test needing ``name`` skips, or None when it is there."""
+    if tool_path(name) is not None:
+        return None
+    variable, default, package = TOOLS[name]
+    if _hidden(name):
+        return '%s is hidden by %s' % (name, HIDE_VARIABLE)
+    return ('%s is not installed (looked for %s and on PATH; Debian package'
+            ' %s; or set %s to its path)' % (name, default, package,
+                                             variable))
+
+
+def skip_without(test, *names):
+    """Skip ``test`` (a TestCase) unless every tool in ``names`` exists."""
+    for name in names:
+        reason = missing_reason(name)
+        if reason:
+            test.skipTest(reason)
 
 
 def gearmand_path():
     """The gearmand binary, or None if it is not installed."""
-    if os.path.isfile(GEARMAND) and os.access(GEARMAND, os.X_OK):
-        return GEARMAND
-    return shutil.which('gearmand')
+    return tool_path('gearmand')
 
 
 def skip_without_gearmand(test):
-    if gearmand_path() is None:
-        test.skipTest("gearmand is not installed (looked for %s and on"
-                      " PATH); set GEARMAND to its path" % GEARMAND)
+    skip_without(test, 'gearmand')
 
 
 class GearmandFixture(fixtures.Fixture):
@@ -46,11 +116,18 @@ class GearmandFixture(fixtures.Fixture):
         self.log = log
         self.process = None
 
+    tool = 'gearmand'
+
+    def setUp(self):
+        # Checked before Fixture.setUp: a skip raised inside _setUp would
+        # reach the test wrapped as a SetupError, and fail it.
+        reason = missing_reason(self.tool)
+        if reason:
+            raise testtools.TestCase.skipException(reason)
+        super(GearmandFixture, self).setUp()
+
     def _setUp(self):
-        self.binary = gearmand_path()
-        if self.binary is None:
-            raise testtools.TestCase.skipException(
-                "gearmand is not installed")
+        self.binary = tool_path(self.tool)
         if self.port is None:
             self.port = free_port()
         self.start()
@@ -109,3 +186,13 @@ class GearmandFixture(fixtures.Fixture):
         """Kill gearmand and start a new one on the same port."""
         self.stop()
         self.start()
+
+
+class PerlGearmandFixture(GearmandFixture):
+    """Run Perl's Gearman::Server (Debian: gearman-server) instead."""
+
+    tool = 'gearmand-perl'
+
+    def _command(self):
+        return [self.binary, '--listen=127.0.0.1',
+                '--port=%d' % self.port] + self.extra_args

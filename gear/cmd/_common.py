@@ -30,10 +30,12 @@ EXIT_CONNECTION = 3
 EXIT_STATUS_HELP = """\
 exit status:
   0  success
-  1  the server refused a command, or a job failed or timed out
-  2  bad usage: unknown option, missing argument, unreadable TLS file
-  3  no server: cannot connect, TLS handshake failed, no reply in time,
-     or the connection was lost
+  1  the server refused a command, a job failed or timed out,
+     or no worker serves the function
+  2  bad usage: unknown option, missing argument, unreadable
+     TLS file
+  3  no server: cannot connect, TLS handshake failed, no reply
+     in time, or the connection was lost
 """
 
 
@@ -129,6 +131,13 @@ def add_verbose_argument(parser):
                         help='log more (repeat for debug output)')
 
 
+def add_version_argument(parser):
+    """``--version``: the gear release this tool belongs to."""
+    from gear.version import __version__
+    parser.add_argument('--version', action='version',
+                        version='%(prog)s ' + __version__)
+
+
 def setup_logging(prog, verbosity=0):
     """Log to stderr: the tool's own warnings, the library's errors.
 
@@ -145,6 +154,12 @@ def setup_logging(prog, verbosity=0):
     logging.getLogger('gear').setLevel(
         logging.DEBUG if verbosity >= 2 else
         logging.WARNING if verbosity == 1 else logging.ERROR)
+
+
+def say(prog, text):
+    """Tell the user something on stderr, whatever the log level."""
+    sys.stderr.write('%s: %s\n' % (prog, text))
+    sys.stderr.flush()
 
 
 # Addresses and error messages
@@ -220,11 +235,15 @@ def describe_connect_failure(address, error_text, files=(None,) * 3):
 
 
 def describe_lost_connection(address, error, files=(None,) * 3,
-                             waiting_for=None):
-    """One line for a connection that broke after it was made."""
+                             waiting_for=None, answered=False):
+    """One line for a connection that broke after it was made.
+
+    A server that has ``answered`` before has shown that it speaks the
+    protocol on this port: its going away says nothing about TLS.
+    """
     what = ' before it answered %s' % waiting_for if waiting_for else ''
     tls_hint_text = None
-    if not files[0] and (error is None or isinstance(
+    if not files[0] and not answered and (error is None or isinstance(
             error, (ConnectionResetError, BrokenPipeError))):
         # A TLS server drops a plain client that sends it text.
         tls_hint_text = ('does the server expect TLS? see --ssl-key, '
@@ -235,7 +254,7 @@ def describe_lost_connection(address, error, files=(None,) * 3,
     else:
         reason = exception_reason(error) if isinstance(error, OSError) \
             else clean_reason(error)
-        if files[0]:
+        if files[0] and not answered:
             tls_hint_text = tls_hint(reason, files)
         text = 'the connection to %s failed%s: %s' % (address, what, reason)
     if tls_hint_text:

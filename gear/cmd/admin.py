@@ -5,6 +5,10 @@ ECHO) over a :class:`gear.Connection` and prints the parsed reply as an
 aligned table, or as JSON with ``--json``.  The same commands work
 against geard and gearmand; where a server lacks a command (gearmand has
 no ACLs) its ``ERR`` answer is printed, decoded, and the exit status is 1.
+
+``--watch`` outlives the server: once the first refresh has worked, a
+server that goes away is reported as down and reconnected to at every
+refresh, and its return is reported too.
 """
 
 import argparse
@@ -222,6 +226,8 @@ class AdminSession(object):
         self.timeout = timeout
         self.closed = threading.Event()
         self.error = None
+        # Set by the first reply: the server speaks Gearman on this port.
+        self.answered = False
         self._current = None
         self._reader = threading.Thread(target=self._read,
                                         name='gear-admin reader')
@@ -264,8 +270,8 @@ class AdminSession(object):
 
     def _lost(self, what):
         return common.CliError(common.describe_lost_connection(
-            self.target.address, self.error, self.target.files, what),
-            common.EXIT_CONNECTION)
+            self.target.address, self.error, self.target.files, what,
+            answered=self.answered), common.EXIT_CONNECTION)
 
     def request(self, request):
         """Send ``request``; return its parsed reply or raise CliError."""
@@ -289,6 +295,7 @@ class AdminSession(object):
             self._current = None
         if request.response is None:
             raise self._lost(what)
+        self.answered = True
         try:
             return request.parse()
         except AdminError as e:
@@ -309,6 +316,7 @@ class AdminSession(object):
                                   common.EXIT_CONNECTION)
         except (ConnectionError, OSError):
             raise self._lost('the echo')
+        self.answered = True
         return time.perf_counter() - start
 
     def close(self):
@@ -387,7 +395,9 @@ def _add_output_arguments(parser, suppress):
     group.add_argument('--watch', type=common.positive_number,
                        default=default(None), metavar='N',
                        help='repeat every N seconds until interrupted, '
-                            'clearing the screen')
+                            'clearing the screen; once connected, a server '
+                            'that goes away is reported and reconnected '
+                            'to')
     group.add_argument('--count', type=common.positive_int,
                        default=default(None), metavar='K',
                        help='with --watch: stop after K refreshes')
@@ -417,6 +427,7 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_server_arguments(parser)
     _add_output_arguments(parser, suppress=False)
+    common.add_version_argument(parser)
     commands = parser.add_subparsers(dest='command', metavar='COMMAND')
     commands.required = True
 
@@ -503,35 +514,87 @@ def _title(args):
     return name
 
 
-def _watch(session, args, view_name):
-    tty = sys.stdout.isatty()
-    refreshes = 0
-    next_time = time.monotonic()
-    try:
-        while True:
-            body = render(view_name, _run_once(session, args), args.json)
-            if args.json:
-                common.write_text(body)
-            else:
-                header = 'Every %gs: %s on %s    %s\n' % (
-                    args.watch, _title(args), session.target.address,
-                    time.strftime('%Y-%m-%d %H:%M:%S'))
-                if tty:
-                    common.write_text(CLEAR_SCREEN + header + '\n' + body)
-                else:
-                    common.write_text(('\n' if refreshes else '') + header +
-                                      body)
-            refreshes += 1
-            if args.count is not None and refreshes >= args.count:
-                return common.EXIT_OK
-            next_time += args.watch
-            delay = next_time - time.monotonic()
-            if delay < 0:
-                next_time = time.monotonic()
-                delay = 0
-            time.sleep(delay)
-    except KeyboardInterrupt:
-        return common.EXIT_OK
+class Watch(object):
+    """``--watch``: refresh every N seconds, through server outages.
+
+    The first refresh must work (a wrong port or TLS setting is an
+    error, as without ``--watch``).  After that, losing the server is
+    reported once on stderr, shown on the screen, and followed by a
+    reconnect at every refresh until the server answers again.
+    """
+
+    def __init__(self, session, args, view_name):
+        self.session = session
+        self.args = args
+        self.view_name = view_name
+        self.target = session.target
+        self.tty = sys.stdout.isatty()
+        self.refreshes = 0
+        self.down_since = None
+
+    def run(self):
+        next_time = time.monotonic()
+        try:
+            while True:
+                self.refresh()
+                self.refreshes += 1
+                if self.args.count is not None and \
+                        self.refreshes >= self.args.count:
+                    return common.EXIT_OK
+                next_time += self.args.watch
+                delay = next_time - time.monotonic()
+                if delay < 0:
+                    next_time = time.monotonic()
+                    delay = 0
+                time.sleep(delay)
+        except KeyboardInterrupt:
+            return common.EXIT_OK
+        finally:
+            if self.session is not None:
+                self.session.close()
+
+    def refresh(self):
+        try:
+            if self.session is None:
+                self.session = AdminSession(
+                    self.target.connect('gear-admin'), self.target,
+                    self.args.timeout)
+            parsed = _run_once(self.session, self.args)
+        except common.CliError as e:
+            if e.status != common.EXIT_CONNECTION or not self.refreshes:
+                raise
+            self.serverDown(e.message)
+            return
+        if self.down_since is not None:
+            self.down_since = None
+            common.say(PROG, 'the server %s answers again'
+                       % self.target.address)
+        self.show(render(self.view_name, parsed, self.args.json))
+
+    def serverDown(self, reason):
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        if self.down_since is None:
+            self.down_since = time.strftime('%H:%M:%S')
+            common.say(PROG, '%s; the server is down, retrying every %gs'
+                       % (reason, self.args.watch))
+        if not self.args.json:
+            self.show('server down since %s; retrying every %gs\n'
+                      % (self.down_since, self.args.watch))
+
+    def show(self, body):
+        if self.args.json:
+            common.write_text(body)
+            return
+        header = 'Every %gs: %s on %s    %s\n' % (
+            self.args.watch, _title(self.args), self.target.address,
+            time.strftime('%Y-%m-%d %H:%M:%S'))
+        if self.tty:
+            common.write_text(CLEAR_SCREEN + header + '\n' + body)
+        else:
+            common.write_text(('\n' if self.refreshes else '') + header +
+                              body)
 
 
 def _main(argv):
@@ -543,12 +606,15 @@ def _main(argv):
     try:
         view_name = _view_name(args)
         if args.watch is not None:
-            return _watch(session, args, view_name)
+            watch = Watch(session, args, view_name)
+            session = None
+            return watch.run()
         common.write_text(render(view_name, _run_once(session, args),
                                  args.json))
         return common.EXIT_OK
     finally:
-        session.close()
+        if session is not None:
+            session.close()
 
 
 def main(argv=None):

@@ -61,7 +61,14 @@ def _int_at_least(minimum):
     return convert
 
 
-_port = _int_at_least(0)
+def _port(text):
+    value = _int_at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(
+            'port %d is out of range 0-65535' % value)
+    return value
+
+
 _positive = _int_at_least(1)
 _non_negative = _int_at_least(0)
 
@@ -124,13 +131,15 @@ def build_parser():
                              'then the job fails (default: unlimited)')
     parser.add_argument('--store', dest='store', metavar='PATH',
                         help='SQLite file that keeps background jobs '
-                             'across restarts')
+                             'across restarts; checked completely at '
+                             'start and locked (PATH.lock) while geard '
+                             'runs')
     parser.add_argument('--store-sync', dest='store_sync',
                         choices=('normal', 'full'), default='normal',
                         help='normal: a stored job survives the server '
                              'being killed; full: it also survives a '
-                             'power loss, at one fsync per loop turn '
-                             '(default %(default)s)')
+                             'power loss or a disk error, at one fsync '
+                             'per loop turn (default %(default)s)')
     parser.add_argument('--exceptions', dest='exceptions',
                         action='store_true',
                         help='forward WORK_EXCEPTION to every client by '
@@ -338,6 +347,20 @@ def check_port(args):
                            % (_listen_label(args), e.strerror or e))
     finally:
         sock.close()
+
+
+def check_store(args):
+    """Open and check the job store once before detaching, so that a
+    damaged store or one in use by another server is reported on the
+    terminal; the daemon opens it again (and holds it) once detached."""
+    if not args.store:
+        return
+    from gear.errors import ConfigurationError
+    from gear.server.sqlite_store import SqliteStore
+    try:
+        SqliteStore(args.store).close()
+    except ConfigurationError as e:
+        raise StartupError(str(e))
 
 
 def describe_server_error(args, e):
@@ -680,6 +703,7 @@ def main(argv=None):
         context = None
         if not args.nodaemon:
             check_port(args)
+            check_store(args)
             context = daemon_context(args)
     except StartupError as e:
         return _fail(str(e))

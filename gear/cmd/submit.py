@@ -6,6 +6,13 @@ standard output as raw bytes, in submission order, streaming WORK_DATA
 chunks of the oldest unfinished job as they arrive.  Many jobs are kept
 in flight at once (``--window``), so large batches do not wait for one
 round trip per job.
+
+Before waiting for results, the server's ``status`` tells whether any
+worker has registered the function: if none has, nothing is submitted
+unless ``--wait-for-worker`` says to queue the jobs and wait anyway.
+With ``--lines`` every input line gets one output line, a job without a
+result gets a marker such as ``[lost]`` on its line, and a summary
+("N done, M failed, K lost") ends the run on stderr.
 """
 
 import argparse
@@ -15,12 +22,14 @@ import queue
 import sys
 import time
 
+from gear import admin as gear_admin
 from gear import constants
 from gear.client import Client
 from gear.cmd import _common as common
 from gear.connection import SubmitJobTask
 from gear.errors import (
-    ConfigurationError, GearmanError, NoConnectedServersError)
+    AdminError, ConfigurationError, GearmanError, InvalidDataError,
+    NoConnectedServersError, TimeoutError)
 from gear.job import Job
 
 PROG = 'gear-submit'
@@ -29,6 +38,13 @@ DEFAULT_WINDOW = 100
 DEFAULT_ACCEPT_TIMEOUT = 30.0
 # Below this many jobs, --lines shows no progress bar unless asked to.
 PROGRESS_MIN_JOBS = 50
+
+# What --lines writes on the line of a job that has no result.
+MARK_FAILED = b'[failed]'
+MARK_EXCEPTION = b'[exception]'
+MARK_LOST = b'[lost]'
+MARK_TIMED_OUT = b'[timed out]'
+MARK_NOT_SUBMITTED = b'[not submitted]'
 
 PRIORITIES = {
     'high': constants.PRECEDENCE_HIGH,
@@ -41,8 +57,8 @@ class SubmitClient(Client):
     """A Client that reports job updates as events on a queue.
 
     The poll thread updates jobs; the main thread writes output.  Events
-    are ``(kind, job, payload)`` with kind one of data, warning, status,
-    complete, fail, exception, lost.
+    are ``(kind, job, payload)`` with kind one of the Client's job events:
+    data, warning, status, complete, fail, exception, lost.
     """
 
     def __init__(self, client_id):
@@ -52,41 +68,12 @@ class SubmitClient(Client):
         #: id(job) -> (code, text) of the ERROR that refused it.
         self.refusals = {}
 
-    def _post(self, kind, job, payload=None):
-        if job is not None:
-            # The payload travels in the event; do not keep a copy.
-            del job.data[:]
-            self.events.put((kind, job, payload))
-        return job
-
-    def handleWorkData(self, packet):
-        job = super(SubmitClient, self).handleWorkData(packet)
-        return self._post('data', job, packet.getArgument(1, True))
-
-    def handleWorkWarning(self, packet):
-        job = super(SubmitClient, self).handleWorkWarning(packet)
-        return self._post('warning', job, packet.getArgument(1, True))
-
-    def handleWorkStatus(self, packet):
-        job = super(SubmitClient, self).handleWorkStatus(packet)
-        return self._post('status', job, (job.numerator, job.denominator)
-                          if job is not None else None)
-
-    def handleWorkComplete(self, packet):
-        job = super(SubmitClient, self).handleWorkComplete(packet)
-        return self._post('complete', job, packet.getArgument(1, True))
-
-    def handleWorkFail(self, packet):
-        job = super(SubmitClient, self).handleWorkFail(packet)
-        return self._post('fail', job)
-
-    def handleWorkException(self, packet):
-        job = super(SubmitClient, self).handleWorkException(packet)
-        return self._post('exception', job, packet.getArgument(1, True))
-
-    def handleDisconnect(self, job):
-        job = super(SubmitClient, self).handleDisconnect(job)
-        return self._post('lost', job)
+    def handleJobEvent(self, job, event, data):
+        if event == 'status':
+            data = (job.numerator, job.denominator)
+        # The payload travels in the event; do not keep a copy.
+        del job.data[:]
+        self.events.put((event, job, data))
 
     def handleError(self, packet):
         task = super(SubmitClient, self).handleError(packet)
@@ -98,7 +85,7 @@ class SubmitClient(Client):
 class JobRecord(object):
     """One submitted job and what is known about its outcome."""
 
-    __slots__ = ('number', 'job', 'chunks', 'finished', 'deadline')
+    __slots__ = ('number', 'job', 'chunks', 'finished', 'deadline', 'mark')
 
     def __init__(self, number, job):
         self.number = number
@@ -106,6 +93,8 @@ class JobRecord(object):
         self.chunks = []
         self.finished = False
         self.deadline = None
+        #: Written on the job's --lines line when it has no result.
+        self.mark = b''
 
 
 class OrderedOutput(object):
@@ -114,7 +103,9 @@ class OrderedOutput(object):
     Chunks of the oldest unfinished job are written at once; chunks of
     later jobs wait until every earlier job has finished.  ``separator``
     is written after each finished job (a newline with ``--lines``, so
-    output line N belongs to input line N).
+    output line N belongs to input line N); before it, the record's
+    ``mark`` says why a job has no result, so that an empty result and
+    a lost job do not look alike.
     """
 
     def __init__(self, write, separator=b''):
@@ -152,7 +143,7 @@ class OrderedOutput(object):
                 return
             self._queue.popleft()
             if self.separator:
-                self.write(self.separator)
+                self.write(head.mark + self.separator)
 
 
 def _clock_text(seconds):
@@ -286,6 +277,10 @@ def build_parser():
                         metavar='SECONDS',
                         help='give up on a job not finished this long '
                              'after it was submitted (default: wait)')
+    parser.add_argument('--wait-for-worker', action='store_true',
+                        help='submit and wait even when no worker has '
+                             'registered the function yet (without it, '
+                             'gear-submit says so and exits with 1)')
     common.add_connect_timeout_argument(parser)
     parser.add_argument('--window', type=common.positive_int,
                         default=DEFAULT_WINDOW, metavar='N',
@@ -300,6 +295,7 @@ def build_parser():
                              '%(default)s)')
     common.add_server_arguments(parser)
     common.add_verbose_argument(parser)
+    common.add_version_argument(parser)
     return parser
 
 
@@ -351,13 +347,14 @@ class Submitter(object):
 
     # Outcomes
 
-    def _finish(self, record, failed=False, lost=False):
+    def _finish(self, record, failed=False, lost=False, mark=b''):
         self.pending.pop(id(record.job), None)
         self.finished += 1
         if lost:
             self.lost += 1
         elif failed:
             self.failed += 1
+        record.mark = mark
         if self.output is not None:
             self.output.finish(record)
         self.progress.update(self.finished)
@@ -377,23 +374,23 @@ class Submitter(object):
                                         payload.decode('utf-8', 'replace')))
         elif kind == 'fail':
             self._say('%s failed' % self._label(record))
-            self._finish(record, failed=True)
+            self._finish(record, failed=True, mark=MARK_FAILED)
         elif kind == 'exception':
             text = (payload or b'').decode('utf-8', 'replace').strip()
             self._say('%s failed with an exception%s'
                       % (self._label(record), ': ' + text if text else ''))
-            self._finish(record, failed=True)
+            self._finish(record, failed=True, mark=MARK_EXCEPTION)
         elif kind == 'lost':
             self._say('%s did not finish: lost the connection to %s'
                       % (self._label(record), self.address))
-            self._finish(record, lost=True)
+            self._finish(record, lost=True, mark=MARK_LOST)
 
     def _expire(self, now):
         for record in list(self.pending.values()):
             if record.deadline is not None and record.deadline <= now:
                 self._say('%s did not finish within %g s'
                           % (self._label(record), self.args.timeout))
-                self._finish(record, failed=True)
+                self._finish(record, failed=True, mark=MARK_TIMED_OUT)
 
     def _wait(self, block):
         """Handle queued events; with ``block``, wait for at least one."""
@@ -412,6 +409,14 @@ class Submitter(object):
                 return
             self._handle(event)
             block = False
+
+    def summary(self):
+        """"N done, M failed, K lost" (submitted/refused for -b)."""
+        if self.args.background:
+            return '%d submitted, %d refused' % (
+                self.finished - self.failed, self.failed)
+        return '%d done, %d failed, %d lost' % (
+            self.finished - self.failed - self.lost, self.failed, self.lost)
 
     # Submitting
 
@@ -447,7 +452,7 @@ class Submitter(object):
                 self.failed += 1
                 self.progress.update(self.finished)
             else:
-                self._finish(record, failed=True)
+                self._finish(record, failed=True, mark=MARK_NOT_SUBMITTED)
             return
         except ConfigurationError as e:
             raise common.CliError(str(e), common.EXIT_USAGE)
@@ -468,11 +473,44 @@ class Submitter(object):
         while self.pending:
             self._wait(block=True)
         self.progress.close()
+        if self.args.lines:
+            self._say(self.summary())
         if self.lost:
             return common.EXIT_CONNECTION
         if self.failed:
             return common.EXIT_FAILED
         return common.EXIT_OK
+
+
+def registered_workers(client, function, timeout):
+    """Workers the server counts for ``function`` (admin ``status``), or
+    None when the server does not say."""
+    request = gear_admin.StatusAdminRequest()
+    try:
+        client.getConnection().sendAdminRequest(request, timeout=timeout)
+        rows = request.parse()
+    except (AdminError, InvalidDataError, TimeoutError, GearmanError,
+            OSError):
+        return None
+    for row in rows:
+        if row[0] == function:
+            return row[3]
+    return 0
+
+
+def check_workers(client, args, target, progress):
+    """Say so when no worker serves the function, and stop unless
+    ``--wait-for-worker``: otherwise the jobs would wait silently."""
+    workers = registered_workers(client, args.function,
+                                 args.connect_timeout)
+    if workers is None or workers > 0:
+        return
+    text = 'no worker has registered %s on %s' % (
+        args.function, target.address)
+    if not args.wait_for_worker:
+        raise common.CliError(text + '; nothing submitted (use '
+                              '--wait-for-worker to queue and wait)')
+    progress.message('%s: %s yet; waiting for one' % (PROG, text))
 
 
 def _main(argv):
@@ -489,6 +527,8 @@ def _main(argv):
     client = SubmitClient(args.client_id)
     try:
         target.attach(client, args.client_id)
+        if not args.background and inputs:
+            check_workers(client, args, target, progress)
         submitter = Submitter(client, args, inputs, progress, output,
                               target.address)
         return submitter.run()

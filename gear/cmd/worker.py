@@ -3,7 +3,9 @@
 For every job, COMMAND runs with the job data on its standard input; what
 it writes to standard output becomes the result (WORK_COMPLETE), or a
 stream of WORK_DATA chunks with ``--stream``.  A non-zero exit sends
-WORK_FAIL and logs the command's standard error.  Jobs run one at a time.
+WORK_FAIL and prints the command's standard error.  Jobs run one at a
+time.  The worker says on stderr what it serves and where when it
+starts, and how many jobs it ran when it stops.
 
 With ``--timeout-ms`` the command is killed when the server's time limit
 for the job runs out: by then the job is another worker's.
@@ -17,6 +19,7 @@ import argparse
 import logging
 import os
 import shutil
+import shlex
 import signal
 import socket
 import subprocess
@@ -30,8 +33,10 @@ from gear.worker import Worker
 PROG = 'gear-worker'
 # getJob() wakes this often to notice a stop request.
 POLL_INTERVAL = 1.0
-# Bytes of a failing command's stderr that are logged.
+# Bytes of a failing command's stderr that are shown.
 STDERR_LOG_LIMIT = 4000
+# How runJob() says a job ended.
+DONE, FAILED, LEFT = 'done', 'failed', 'left to the server'
 
 log = logging.getLogger('gear-worker')
 
@@ -227,6 +232,7 @@ def build_parser():
     common.add_connect_timeout_argument(parser)
     common.add_server_arguments(parser)
     common.add_verbose_argument(parser)
+    common.add_version_argument(parser)
     return parser
 
 
@@ -260,12 +266,17 @@ class CommandWorker(object):
         # a command still running then is wasted work: kill it.
         self.timeout_ms = timeout_ms
         self.done = 0
+        #: How many jobs ended each way other than DONE.
+        self.outcomes = {FAILED: 0, LEFT: 0}
         self.stopping = threading.Event()
         self.signals = 0
+        self.signal_name = None
 
     def request_stop(self, signum=None, frame=None):
         """Signal handler: finish the current job, then exit."""
         self.signals += 1
+        if signum is not None and self.signal_name is None:
+            self.signal_name = signal.Signals(signum).name
         self.stopping.set()
         if self.signals > 1:
             log.warning('second signal: killing the command')
@@ -287,14 +298,32 @@ class CommandWorker(object):
             except InterruptedError:
                 continue
             try:
-                self.runJob(job)
+                outcome = self.runJob(job)
             except Exception as e:
                 # Most likely the connection dropped while answering;
                 # the server gives the job to another worker.
                 log.error('job %s: could not send the result: %s',
                           job.handle.decode('utf-8', 'replace'), e)
+                outcome = LEFT
             self.done += 1
+            if outcome in self.outcomes:
+                self.outcomes[outcome] += 1
         return common.EXIT_OK
+
+    def summary(self):
+        """Why the worker stopped and what it did, in one line."""
+        if self.signal_name:
+            why = 'on %s' % self.signal_name
+        elif self.count is not None and self.done >= self.count:
+            why = 'after --count %d' % self.count
+        else:
+            why = 'on request'
+        jobs = '%d job%s' % (self.done, '' if self.done == 1 else 's')
+        others = ['%d %s' % (n, how) for how, n in self.outcomes.items()
+                  if n]
+        if others:
+            jobs += ' (%s)' % ', '.join(others)
+        return 'stopped %s: ran %s' % (why, jobs)
 
     def runJob(self, job):
         handle = job.handle.decode('utf-8', 'replace')
@@ -309,36 +338,43 @@ class CommandWorker(object):
             log.warning('job %s: command still running after --timeout-ms '
                         '%d; killed it, the server gives the job to another '
                         'worker', handle, self.timeout_ms)
-            return
+            return LEFT
         if result.killed:
             log.warning('job %s: command killed; the server will give the '
                         'job to another worker', handle)
-            return
+            return LEFT
         if result.error is not None:
             log.error('job %s: %s', handle, result.error)
             job.sendWorkException(result.error.encode('utf-8', 'replace'))
-            return
+            return FAILED
         if result.returncode == 0:
             if result.stderr:
-                log.info('job %s: stderr: %s', handle,
+                log.info('job %s: stderr%s', handle,
                          _stderr_text(result.stderr))
             job.sendWorkComplete(result.stdout)
-            return
+            return DONE
         if result.returncode < 0:
             how = 'was killed by signal %d' % -result.returncode
         else:
             how = 'exited with status %d' % result.returncode
-        stderr = _stderr_text(result.stderr)
         log.warning('job %s: %s %s%s', handle, self.runner.command[0], how,
-                    ': ' + stderr if stderr else '')
+                    _stderr_text(result.stderr))
         job.sendWorkFail()
+        return FAILED
 
 
 def _stderr_text(data):
+    """A command's stderr for a message: after ``: `` when it is one
+    line, else as indented lines below it."""
     text = data.decode('utf-8', 'replace').strip()
     if len(text) > STDERR_LOG_LIMIT:
         text = text[:STDERR_LOG_LIMIT] + '...'
-    return text
+    if not text:
+        return ''
+    lines = text.splitlines()
+    if len(lines) == 1:
+        return ': ' + lines[0]
+    return ':\n' + '\n'.join('    ' + line for line in lines)
 
 
 def _main(argv):
@@ -356,9 +392,12 @@ def _main(argv):
         previous[signum] = signal.signal(signum, serving.request_stop)
     try:
         target.attach(worker, args.client_id)
-        log.info('serving %s on %s', ', '.join(args.functions),
-                 target.address)
-        return serving.serve()
+        common.say(PROG, 'serving %s on %s as %s with: %s' % (
+            ', '.join(args.functions), target.address, args.client_id,
+            shlex.join(args.command)))
+        status = serving.serve()
+        common.say(PROG, serving.summary())
+        return status
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -95,47 +95,27 @@ class _ServerClient(LinkWatch, gear.Client):
                                 if len(args) > 1 else b'')
         return super(_ServerClient, self).handleError(packet)
 
-    def handleWorkComplete(self, packet):
-        job = super(_ServerClient, self).handleWorkComplete(packet)
+    def handleJobEvent(self, job, event, data):
         request = _request_of(job)
-        if request is not None:
-            self.tracker.work_complete(request, packet.getArgument(1, True))
-        return job
-
-    def handleWorkFail(self, packet):
-        job = super(_ServerClient, self).handleWorkFail(packet)
-        request = _request_of(job)
-        if request is not None:
-            self.tracker.work_fail(request)
-        return job
-
-    def handleWorkException(self, packet):
-        job = super(_ServerClient, self).handleWorkException(packet)
-        request = _request_of(job)
-        if request is not None:
-            self.tracker.work_exception(request, packet.getArgument(1, True))
-        return job
-
-    def handleWorkData(self, packet):
-        job = super(_ServerClient, self).handleWorkData(packet)
-        request = _request_of(job)
-        if request is not None:
-            self.tracker.work_data(request, packet.getArgument(1, True))
-        return job
-
-    def handleWorkWarning(self, packet):
-        job = super(_ServerClient, self).handleWorkWarning(packet)
-        request = _request_of(job)
-        if request is not None:
-            self.tracker.work_warning(request, packet.getArgument(1, True))
-        return job
-
-    def handleWorkStatus(self, packet):
-        job = super(_ServerClient, self).handleWorkStatus(packet)
-        request = _request_of(job)
-        if request is not None:
-            self.tracker.work_status(request, job.numerator, job.denominator)
-        return job
+        if request is None:
+            return
+        tracker = self.tracker
+        if event == 'complete':
+            tracker.work_complete(request, data)
+        elif event == 'fail':
+            tracker.work_fail(request)
+        elif event == 'exception':
+            tracker.work_exception(request, data)
+        elif event == 'data':
+            tracker.work_data(request, data)
+        elif event == 'warning':
+            tracker.work_warning(request, data)
+        elif event == 'status':
+            tracker.work_status(request, job.numerator, job.denominator)
+        elif event == 'lost':
+            # python-gearman never resubmitted a job whose link was lost:
+            # the request becomes UNKNOWN at once.
+            tracker.lost(request)
 
     def handleStatusRes(self, packet):
         job = super(_ServerClient, self).handleStatusRes(packet)
@@ -144,13 +124,6 @@ class _ServerClient(LinkWatch, gear.Client):
             self.tracker.status_res(request, job.handle, job.known,
                                     job.running, job.numerator,
                                     job.denominator)
-        return job
-
-    def handleDisconnect(self, job):
-        job = super(_ServerClient, self).handleDisconnect(job)
-        request = _request_of(job)
-        if request is not None:
-            self.tracker.lost(request)
         return job
 
 

@@ -56,7 +56,7 @@ class ServerError(GearmanError):
 
 
 class AdminHostListError(GearmanError, ValueError):
-    """GearmanAdminClient was given other than exactly one server.
+    """GearmanAdminClient was given more than one server.
 
     It is a ValueError, as python-gearman raised, and a GearmanError, as
     its py3 forks raised.

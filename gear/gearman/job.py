@@ -100,7 +100,7 @@ class GearmanJobRequest(object):
 
     @property
     def server_status(self):
-        """Deprecated alias of :attr:`status`."""
+        """Deprecated alias of ``status``."""
         return self.status
 
     def __repr__(self):

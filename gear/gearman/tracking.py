@@ -30,10 +30,28 @@ def status_number(value):
         return 0
 
 
+class WireText(str):
+    """A handle or unique read from the wire: a str that also has
+    ``decode()``.
+
+    python-gearman (Python 2) gave these as byte strings, which compared
+    equal to text; its Python 3 forks give bytes, so code written for
+    them calls ``handle.decode()``.  A str keeps comparisons with admin
+    listings and ``cancel_job(handle)`` working; ``decode`` keeps the
+    forks' code working and returns what ``bytes.decode`` would.
+    """
+
+    __slots__ = ()
+
+    def decode(self, encoding='utf-8', errors='strict'):
+        raw = self.encode('utf-8', 'surrogateescape')
+        return raw.decode(encoding, errors)
+
+
 def name_text(value):
     """A handle or unique from the wire as str (None stays None)."""
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode('utf-8', 'surrogateescape')
+        return WireText(bytes(value).decode('utf-8', 'surrogateescape'))
     return value
 
 

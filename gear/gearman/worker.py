@@ -24,7 +24,7 @@ from gear.gearman.errors import GearmanError, ServerUnavailable
 from gear.gearman.hosts import parse_host_list
 from gear.gearman.job import GearmanJob
 from gear.gearman.links import LinkWatch
-from gear.gearman.tracking import name_text
+from gear.gearman.tracking import WireText, name_text
 
 log = logging.getLogger('gear.gearman.worker')
 
@@ -213,10 +213,18 @@ class GearmanWorker(object):
                     return
                 task = self._task_names.get(gear_job.binary_name,
                                             gear_job.name)
-                unique = name_text(gear_job.unique) or ''
+                unique = name_text(gear_job.unique) or WireText('')
                 job = self.create_job(gear_job, name_text(gear_job.handle),
                                       task, unique, data)
-                self.on_job_execute(job)
+                try:
+                    self.on_job_execute(job)
+                except Exception:
+                    # E.g. a result the data encoder cannot send (the
+                    # python-gearman docs' ``return reversed(data)``):
+                    # fail this job and keep the worker serving.
+                    log.exception('Job %s of %r could not be reported;'
+                                  ' failing it', job.handle, task)
+                    self.send_job_failure(job)
             finally:
                 self.set_job_lock(gear_job, lock=False)
         finally:
@@ -297,9 +305,13 @@ class GearmanWorker(object):
         return gear_job
 
     def _send(self, gear_job, method, *args):
+        # gear's WorkerJob.send* return False (and send nothing) once the
+        # job's connection is gone.
         try:
-            method(*args)
+            sent = method(*args)
         except (gear.ConnectionError, OSError):
+            sent = False
+        if sent is False:
             self.handle_error(gear_job.connection)
 
     def _send_final(self, current_job, method_name, *args):

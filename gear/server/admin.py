@@ -22,6 +22,27 @@ ERR_ACL_DISABLED = b'ERR ACL_DISABLED\r\n'
 ERR_PERMISSION_DENIED = b'ERR PERMISSION_DENIED\r\n'
 ERR_UNKNOWN_ACL_VERB = b'ERR UNKNOWN_ACL_VERB\r\n'
 
+#: Which right each admin command needs once the server has an ACL.
+#: None: open to every connection (counts and identities, no job data);
+#: ``'admin'``: the subject's ``admin`` right; ``'cancel'``: ``admin``, or
+#: ``invoke`` on the function of the job being cancelled.  The ``acl``
+#: subcommands check ``grant`` themselves (``acl list`` is open).
+ADMIN_RIGHTS = {
+    b'workers': None,
+    b'status': None,
+    b'prioritystatus': None,
+    b'getpid': None,
+    b'verbose': None,
+    b'version': None,
+    b'acl': None,
+    b'maxqueue': 'admin',
+    b'create': 'admin',
+    b'drop': 'admin',
+    b'show': 'admin',
+    b'shutdown': 'admin',
+    b'cancel': 'cancel',
+}
+
 _PRECEDENCE_COLUMNS = (constants.PRECEDENCE_HIGH,
                        constants.PRECEDENCE_NORMAL,
                        constants.PRECEDENCE_LOW)
@@ -61,16 +82,8 @@ def _bytes(value):
 
 
 def _version():
-    try:
-        import pbr.version
-        return pbr.version.VersionInfo('gear').version_string()
-    except Exception:
-        pass
-    try:
-        from importlib import metadata
-        return metadata.version('gear')
-    except Exception:
-        return 'unknown'
+    from gear.version import __version__
+    return __version__
 
 
 class AdminHandlers(object):
@@ -113,11 +126,38 @@ class AdminHandlers(object):
         if name is None:
             self._adminReply(request, unknown_command(word))
             return
+        if self.acl is not None and not self._adminPermitted(
+                request, word.lower()):
+            self.log.info("ACL denied %s the admin command %r",
+                          request.connection.ssl_subject, command)
+            self._adminReply(request, error(
+                b'PERMISSION_DENIED', 'Permission denied by ACL'))
+            return
         try:
             getattr(self, name)(request)
         except Exception:
             self.log.exception("Admin command %r failed", command)
             self._adminReply(request, error(b'UNKNOWN_ERROR'))
+
+    def _adminPermitted(self, request, word):
+        """Whether the caller's ACL entry allows the command (see
+        ADMIN_RIGHTS); the one place admin commands meet the ACL."""
+        right = ADMIN_RIGHTS.get(word, 'admin')
+        if right is None:
+            return True
+        subject = request.connection.ssl_subject
+        if self.acl.canAdmin(subject):
+            return True
+        if right == 'cancel':
+            # A tenant may cancel the jobs of functions it may invoke.
+            # Any other answer (no such job, a malformed line) is a
+            # denial, so that handles of others cannot be probed.
+            words = request.words
+            job = self.queue.jobs.get(words[2]) if len(words) == 3 \
+                else None
+            return job is not None and self.acl.canInvoke(
+                subject, _text(job.name))
+        return False
 
     # -- listings -------------------------------------------------------------
 
@@ -217,10 +257,6 @@ class AdminHandlers(object):
         if job is None or job.ignore:
             self._adminReply(request, b'ERR UNKNOWN_JOB\r\n')
             return
-        if self.acl is not None and not self.acl.canInvoke(
-                request.connection.ssl_subject, _text(job.name)):
-            self._adminReply(request, ERR_PERMISSION_DENIED)
-            return
         self._cancelJob(job)
         self._adminReply(request, OK)
 
@@ -293,9 +329,11 @@ class AdminHandlers(object):
             return
         rows = []
         for entry in self.acl.getEntries():
-            rows.append(('%s\tregister=%s\tinvoke=%s\tgrant=%s\n' % (
-                entry.subject, entry.register, entry.invoke,
-                bool(entry.grant))).encode('utf8', 'replace'))
+            rows.append((
+                '%s\tregister=%s\tinvoke=%s\tgrant=%s\tadmin=%s\n' % (
+                    entry.subject, entry.register, entry.invoke,
+                    bool(entry.grant), bool(entry.admin))).encode(
+                        'utf8', 'replace'))
         rows.append(END)
         self._adminReply(request, b''.join(rows))
 
@@ -310,7 +348,7 @@ class AdminHandlers(object):
         return words
 
     def handleACLGrant(self, request):
-        # acl grant <register|invoke|grant> <subject> [<pattern>]
+        # acl grant <register|invoke|grant|admin> <subject> [<pattern>]
         words = self._aclArgs(request, 2)
         if words is None:
             return
@@ -331,6 +369,8 @@ class AdminHandlers(object):
                     self.acl.grantInvoke(subject, pattern)
             elif verb == 'grant':
                 self.acl.grantGrant(subject)
+            elif verb == 'admin':
+                self.acl.grantAdmin(subject)
             else:
                 self._adminReply(request, ERR_UNKNOWN_ACL_VERB)
                 return
@@ -340,7 +380,7 @@ class AdminHandlers(object):
         self._adminReply(request, OK)
 
     def handleACLRevoke(self, request):
-        # acl revoke <register|invoke|grant|all> <subject>
+        # acl revoke <register|invoke|grant|admin|all> <subject>
         words = self._aclArgs(request, 2)
         if words is None:
             return
@@ -352,7 +392,7 @@ class AdminHandlers(object):
         self._revoke(request, verb, subject)
 
     def handleACLSelfRevoke(self, request):
-        # acl self-revoke <register|invoke|grant|all>
+        # acl self-revoke <register|invoke|grant|admin|all>
         words = self._aclArgs(request, 1)
         if words is None:
             return
@@ -364,6 +404,7 @@ class AdminHandlers(object):
             'register': self.acl.revokeRegister,
             'invoke': self.acl.revokeInvoke,
             'grant': self.acl.revokeGrant,
+            'admin': self.acl.revokeAdmin,
             'all': self.acl.remove,
         }.get(verb)
         if revoke is None:

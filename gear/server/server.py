@@ -36,6 +36,7 @@ from gear.base import PACKET_HANDLERS
 from gear.errors import ConfigurationError, ProtocolError
 from gear.protocol import (
     DEFAULT_MAX_PACKET_SIZE, MessageScanner, Packet, PacketTooLarge)
+from gear.server import accepting
 from gear.server import admin as admin_mod
 from gear.server import handlers
 from gear.server import jobs as jobstates
@@ -47,7 +48,7 @@ from gear.server.jobs import CompactServerJob, ServerJob
 from gear.server.poller import (
     _EV_READ, _EV_WRITE, _HAS_EPOLL, _READ_MASK, Poller)
 from gear.server.queue import JobQueue, unique_key
-from gear.server.store import open_store
+from gear.server.store import StoreError, open_store
 from gear.server.util import MAX_HANDLE, _CloseConnection, _to_bytes
 
 REQ = constants.REQ
@@ -162,7 +163,8 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self.backlog = max(1, int(backlog))
         self.worker_wakeup = max(0, int(worker_wakeup or 0))
         self.max_packet_size = int(max_packet_size)
-        self.max_connections = int(max_connections)
+        self.max_connections = accepting.clamp_max_connections(
+            int(max_connections), self.log)
         self.max_output_buffer = max(int(max_output_buffer),
                                      self.max_packet_size + 1024)
         # Reading from a peer pauses above the high-water mark and
@@ -241,6 +243,7 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self.poll = Poller(_HAS_EPOLL)
         self._listen_fd = self.socket.fileno()
         self.poll.register(self._listen_fd, _EV_READ)
+        self._accept_throttle = accepting.AcceptThrottle(self)
         self.connect_wake_read, self.connect_wake_write = os.pipe()
         os.set_blocking(self.connect_wake_read, False)
         os.set_blocking(self.connect_wake_write, False)
@@ -248,7 +251,11 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self.wake_write = self.connect_wake_write
         self.poll.register(self.connect_wake_read, _EV_READ)
 
-        self._replay()
+        try:
+            self._replay()
+        except Exception:
+            self._cleanup()
+            raise
 
         self.poll_thread = threading.Thread(
             name='Gearman server poll', target=self._doPollLoop)
@@ -393,9 +400,13 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
             self.queue.max_handle = start
         try:
             stored = list(self.store.load() or ())
-        except Exception:
-            self.log.exception("Job store could not be read")
-            return
+        except StoreError:
+            raise
+        except Exception as e:
+            # Serving part of the jobs, or none, would hide the loss and
+            # pile new jobs onto a store that cannot be read back.
+            raise StoreError("Job store could not be read: %s: %s"
+                             % (type(e).__name__, e))
         now = time.time()
         for record in stored:
             try:
@@ -618,12 +629,11 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
             except OSError as e:
                 if e.errno in _WOULD_BLOCK:
                     return
-                self.log.warning("accept() failed: %s", e)
+                self._accept_throttle.acceptFailed(e)
                 return
             if len(self.connection_map) >= self.max_connections:
-                self.log.warning("Too many connections; closing one from %s",
-                                 addr)
                 sock.close()
+                self._accept_throttle.overLimit()
                 continue
             try:
                 self._registerConnection(sock, addr)

@@ -1,14 +1,34 @@
 """Where the server keeps background jobs so that a restart loses none.
 
-The server talks to a store through four calls:
+The server talks to a store through these calls:
 
 * ``add(job)`` before JOB_CREATED is sent for a background job.  It must
-  not return until the job is durable; any exception makes the server
+  not return until the job is durable, or, for a store with ``flush()``,
+  until it is part of the open batch; any exception makes the server
   answer ``QUEUE_ERROR`` and forget the job.
 * ``remove(job)`` when such a job ends (completed, failed, cancelled or
-  dropped by the retry limit).  Errors are logged, never raised to peers.
+  dropped by the retry limit).  Errors are logged, never raised to
+  peers; a store must keep a removal it could not write and write it
+  later, or a restart would run a finished job again.
 * ``load()`` once at start: an iterable of :class:`StoredJob` to replay.
+  A store that cannot read all of its jobs raises :class:`StoreError`
+  (at construction, preferably) instead of returning part of them.
 * ``close()`` at shutdown.
+
+Stores that batch writes (group commit) also have:
+
+* ``flush()``: commit the open batch (adds and the removals not yet
+  written).  It raises when the commit fails; the caller must then call
+  ``discard()`` and must not acknowledge any job added in the batch.
+* ``discard()``: roll back the open batch after a failed ``flush()`` (or
+  instead of one).  Returns the handles of the jobs added in the batch,
+  none of which is stored; the removals of the batch stay pending and
+  are written by the next successful flush.
+* ``probe()``: between batches, try a small commit (with the pending
+  removals); True when the store can commit again.
+* ``healthy``: False from a failed write until the next successful
+  commit.
+* ``pending_removals``: how many removals wait for a commit.
 
 ``handleCounterStart()`` tells the server the highest handle number the
 store has seen, so that handles do not repeat across restarts.
@@ -21,6 +41,12 @@ import collections
 
 from gear.errors import ConfigurationError
 
+
+class StoreError(ConfigurationError):
+    """A job store cannot be used: it is damaged, cannot be read
+    completely, or is in use by another server."""
+
+
 StoredJob = collections.namedtuple(
     'StoredJob', 'handle name unique arguments precedence when')
 
@@ -30,6 +56,10 @@ class JobStore(object):
 
     #: False for stores that keep nothing; the server then skips the calls.
     persistent = True
+    #: False while the store cannot write (see the module docstring).
+    healthy = True
+    #: Removals that wait for a commit.
+    pending_removals = 0
 
     def load(self):
         return ()
@@ -42,6 +72,11 @@ class JobStore(object):
 
     def handleCounterStart(self):
         return 0
+
+    def probe(self):
+        """True when the store can write; stores that write at once have
+        nothing to try."""
+        return True
 
     def close(self):
         pass

@@ -6,72 +6,18 @@ reply, and ``parse()`` turns it into values.  Skipped when gearmand is not
 installed.
 """
 
-import os
-import shutil
 import socket
 import struct
-import subprocess
-import time
-
-import fixtures
+import pytest
 import testtools
 
 from gear import admin
 from gear import constants
 from gear.errors import AdminError
 from gear.protocol import join_arguments, pack
-from tests.util import free_port
+from tests.gearmand import GearmandFixture
 
-GEARMAND = shutil.which('gearmand', path='/usr/sbin:' +
-                        os.environ.get('PATH', ''))
 SOCKET_TIMEOUT = 10
-START_TIMEOUT = 15
-
-
-class LocalGearmand(fixtures.Fixture):
-    """A gearmand on a free loopback port, stopped at cleanup."""
-
-    def _setUp(self):
-        self.host = '127.0.0.1'
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [GEARMAND, '--listen=%s' % self.host, '--port=%d' % self.port,
-             '--threads=1', '--log-file=none'],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        self.addCleanup(self._stop)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError('gearmand exited with %s'
-                                   % self.proc.returncode)
-            try:
-                socket.create_connection((self.host, self.port),
-                                         timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError('gearmand did not start listening')
-                # Bounded retry while gearmand binds its port.
-                time.sleep(0.05)
-
-    def _stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(SOCKET_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(SOCKET_TIMEOUT)
-
-
-def _gearmand_fixture():
-    """Prefer the shared fixture from tests/gearmand.py when it exists."""
-    try:
-        from tests.gearmand import GearmandFixture
-    except ImportError:
-        return LocalGearmand()
-    return GearmandFixture()
 
 
 class AdminSocket(object):
@@ -148,14 +94,12 @@ class BinarySocket(object):
         return handle
 
 
+@pytest.mark.interop
 class TestAdminAgainstGearmand(testtools.TestCase):
 
     def setUp(self):
         super().setUp()
-        if GEARMAND is None:
-            self.skipTest('gearmand is not installed (looked in /usr/sbin '
-                          'and PATH)')
-        self.server = self.useFixture(_gearmand_fixture())
+        self.server = self.useFixture(GearmandFixture())
         self.host = getattr(self.server, 'host', '127.0.0.1')
         self.port = self.server.port
         self.admin = self.connect(AdminSocket)
@@ -238,9 +182,7 @@ class TestAdminAgainstGearmand(testtools.TestCase):
         self.assertTrue(version and version[0].isdigit(), version)
         pid = self.admin.send(admin.GetPidAdminRequest()).parse()
         self.assertIsInstance(pid, int)
-        proc = getattr(self.server, 'proc', None)
-        if isinstance(proc, subprocess.Popen):
-            self.assertEqual(proc.pid, pid)
+        self.assertEqual(self.server.process.pid, pid)
         level = self.admin.send(admin.VerboseAdminRequest()).parse()
         self.assertTrue(level.isupper(), level)
 

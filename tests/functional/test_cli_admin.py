@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import fixtures
+import pytest
 import testtools
 
 import gear
@@ -166,6 +167,7 @@ class AdminChecks(object):
         self.assertRegex(text, r'(?m)^\s*\d+\s+127\.0\.0\.1\s+cli-worker-id'
                                r'\s+cli_w[12] cli_w[12]$')
 
+    @pytest.mark.slow
     def test_jobs_unique_jobs_and_cancel(self):
         client = self.client()
         job = gear.Job('cli_jobs', b'x', unique='cli-unique-1')
@@ -213,6 +215,7 @@ class AdminChecks(object):
             b'gear-admin: drop function cli_never: the server answered ERR'),
             result.stderr)
 
+    @pytest.mark.slow
     def test_version_pid_verbose(self):
         version = self.admin_json('version')['version']
         self.assertTrue(version)
@@ -263,6 +266,7 @@ class TestAdminGeard(GeardMixin, AdminChecks, testtools.TestCase):
                          result.stderr)
 
 
+@pytest.mark.interop
 class TestAdminGearmand(GearmandMixin, AdminChecks, testtools.TestCase):
 
     def test_acl_is_unknown_to_gearmand(self):
@@ -313,6 +317,7 @@ class TestAdminTLS(testtools.TestCase):
     def admin(self, *args):
         return run_cli('admin', '-p', self.port, *(self.tls + list(args)))
 
+    @pytest.mark.slow
     def test_acl_grant_list_revoke(self):
         result = self.admin('acl', 'grant', 'invoke', 'bob', '^cli_.*')
         self.assertEqual((0, b'OK\n'), (result.returncode, result.stdout),

@@ -2,13 +2,13 @@
 libgearman's ``gearman`` tool, against geard and gearmand."""
 
 import os
-import shutil
 import signal
 import subprocess
 import threading
 import time
 
 import fixtures
+import pytest
 import testtools
 
 import gear
@@ -16,15 +16,7 @@ from gear.testing import GearServerFixture
 from tests.functional.test_cli_admin import (
     CLI_TIMEOUT, REPO, WAIT, GeardMixin, GearmandMixin, cli_command, cli_env,
     run_cli)
-from tests.gearmand import free_port
-
-GEARMAN = os.environ.get('GEARMAN', '/usr/bin/gearman')
-
-
-def gearman_tool():
-    if os.path.isfile(GEARMAN) and os.access(GEARMAN, os.X_OK):
-        return GEARMAN
-    return shutil.which('gearman')
+from tests.gearmand import free_port, skip_without, tool_path
 
 
 class SubmitWorkerChecks(object):
@@ -33,11 +25,16 @@ class SubmitWorkerChecks(object):
         return run_cli('submit', '-p', self.port, *args, **kwargs)
 
     def worker(self, functions, command, *options):
+        """Start gear-worker and wait until the server lists it (without
+        a worker, gear-submit refuses to wait)."""
         args = ['-p', self.port]
         for name in functions:
             args += ['-f', name]
-        return self.start_cli('worker', *(args + list(options) + ['--'] +
-                                          list(command)))
+        process = self.start_cli('worker', *(args + list(options) + ['--'] +
+                                             list(command)))
+        for name in functions:
+            self.wait_workers(name)
+        return process
 
     def finished(self, process):
         out, err = process.communicate(timeout=CLI_TIMEOUT)
@@ -59,6 +56,7 @@ class SubmitWorkerChecks(object):
         self.assertEqual(data, result.stdout)
         self.assertEqual(0, self.finished(worker)[0])
 
+    @pytest.mark.slow
     def test_lines_with_progress(self):
         count = 300
         worker = self.worker(['cli_lines'], ['tr', 'a-z', 'A-Z'],
@@ -94,6 +92,7 @@ class SubmitWorkerChecks(object):
         jobs = {j['handle'] for j in self.admin_json('jobs')}
         self.assertTrue(set(handles) <= jobs, (handles, jobs))
 
+    @pytest.mark.slow
     def test_background_options(self):
         result = self.submit('-f', 'cli_same', '-b', '-u', 'one-id', 'a',
                              'b')
@@ -143,6 +142,7 @@ class SubmitWorkerChecks(object):
         thread.daemon = True
         thread.start()
         self.addCleanup(thread.join, WAIT)
+        self.wait_workers('cli_exc')
         result = self.submit('-f', 'cli_exc', 'x')
         self.assertEqual(1, result.returncode)
         self.assertRegex(result.stderr.decode(),
@@ -163,10 +163,13 @@ class SubmitWorkerChecks(object):
                          result.stderr)
 
     def test_timeout(self):
-        result = self.submit('-f', 'cli_nobody', '--timeout', '0.3', 'x')
+        result = self.submit('-f', 'cli_nobody', '--wait-for-worker',
+                             '--timeout', '0.3', 'x')
         self.assertEqual(1, result.returncode)
         self.assertRegex(result.stderr.decode(),
-                         r'^gear-submit: the job \(\S+\) did not finish '
+                         r'^gear-submit: no worker has registered cli_nobody '
+                         r'on 127\.0\.0\.1:\d+ yet; waiting for one\n'
+                         r'gear-submit: the job \(\S+\) did not finish '
                          r'within 0\.3 s\n$')
 
     def test_worker_client_id_and_clean_stop(self):
@@ -204,10 +207,10 @@ class SubmitWorkerChecks(object):
         self.assertFalse(os.path.exists('/proc/%d' % pid),
                          'the command outlived its worker')
 
+    @pytest.mark.interop
     def test_gearman_client_against_gear_worker(self):
-        tool = gearman_tool()
-        if tool is None:
-            self.skipTest('gearman (gearman-tools) is not installed')
+        skip_without(self, 'gearman')
+        tool = tool_path('gearman')
         worker = self.worker(['cli_gm_up'], ['tr', 'a-z', 'A-Z'],
                              '--count', '1')
         result = subprocess.run(
@@ -219,10 +222,10 @@ class SubmitWorkerChecks(object):
                          result.stderr)
         self.assertEqual(0, self.finished(worker)[0])
 
+    @pytest.mark.interop
     def test_gear_submit_against_gearman_worker(self):
-        tool = gearman_tool()
-        if tool is None:
-            self.skipTest('gearman (gearman-tools) is not installed')
+        skip_without(self, 'gearman')
+        tool = tool_path('gearman')
         worker = subprocess.Popen(
             [tool, '-h', '127.0.0.1', '-p', str(self.port), '-w', '-f',
              'cli_gm_rev', '-c', '1', '--', 'rev'],
@@ -234,6 +237,7 @@ class SubmitWorkerChecks(object):
                 worker.kill()
             worker.communicate(timeout=CLI_TIMEOUT)
         self.addCleanup(stop)
+        self.wait_workers('cli_gm_rev')
         result = self.submit('-f', 'cli_gm_rev', 'abc\n')
         self.assertEqual((0, b'cba\n'), (result.returncode, result.stdout),
                          result.stderr)
@@ -245,6 +249,7 @@ class TestSubmitWorkerGeard(GeardMixin, SubmitWorkerChecks,
     pass
 
 
+@pytest.mark.interop
 class TestSubmitWorkerGearmand(GearmandMixin, SubmitWorkerChecks,
                                testtools.TestCase):
     pass
@@ -297,8 +302,9 @@ class TestSubmitWorkerTLS(testtools.TestCase):
             cwd=REPO, env=cli_env(), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.addCleanup(lambda: worker.poll() is None and worker.kill())
-        result = run_cli('submit', *(tls('client') + ['-f', 'cli_tls',
-                                                      'secret']))
+        # The worker may still be connecting: queue the job for it.
+        result = run_cli('submit', *(tls('client') + [
+            '-f', 'cli_tls', '--wait-for-worker', 'secret']))
         self.assertEqual((0, b'SECRET'), (result.returncode, result.stdout),
                          result.stderr)
         _, err = worker.communicate(timeout=CLI_TIMEOUT)

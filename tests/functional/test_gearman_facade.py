@@ -10,15 +10,14 @@ coalesced handles, exceptions, lost connections and admin replies.
 import contextlib
 import gc
 import io
-import os
 import selectors
-import shutil
 import socket
 import struct
 import subprocess
 import threading
 
 import fixtures
+import pytest
 import testtools
 
 import gear
@@ -26,12 +25,11 @@ import gear.gearman as gearman
 from gear import constants as wire
 from gear import tlsutil
 from gear.gearman import JOB_UNKNOWN
-from tests.gearmand import GearmandFixture, free_port
+from tests.gearmand import (
+    GearmandFixture, free_port, skip_without, tool_path)
 from tests.util import PickleDataEncoder, waiter
 
 WAIT = 15.0
-GEARMAN_CLI = shutil.which('gearman', path='/usr/bin:' +
-                           os.environ.get('PATH', ''))
 
 
 wait_for = waiter(WAIT, 0.01)
@@ -451,12 +449,67 @@ class FacadeScenarios(object):
         self.assertEqual(['facade-worker'],
                          [row['client_id'] for row in workers])
 
+    def test_unsendable_result_fails_the_job_and_the_worker_lives(self):
+        # python-gearman's documented worker returns reversed(data): an
+        # iterator the encoder cannot send.
+        def doc_reverse(gearman_worker, gearman_job):
+            return reversed(gearman_job.data)
+        self.worker({'doc_reverse': doc_reverse, 'reverse': reverse})
+        client = self.client()
+        bad = client.submit_job('doc_reverse', b'abc', poll_timeout=WAIT)
+        self.assertEqual(gearman.JOB_FAILED, bad.state)
+        self.assertFalse(bad.timed_out)
+        good = client.submit_job('reverse', b'abc', poll_timeout=WAIT)
+        self.assertEqual((gearman.JOB_COMPLETE, b'cba'),
+                         (good.state, good.result))
+
+    def test_str_data_arrives_and_returns_as_bytes(self):
+        # NoopEncoder: str goes out as UTF-8; every payload comes back as
+        # bytes (python-gearman's own str was a byte string).
+        seen = []
+
+        def record(gearman_worker, gearman_job):
+            seen.append(gearman_job.data)
+            return gearman_job.data
+        self.worker({'record': record})
+        request = self.client().submit_job('record', 'h\xe9llo',
+                                           poll_timeout=WAIT)
+        self.assertEqual([b'h\xc3\xa9llo'], seen)
+        self.assertEqual(b'h\xc3\xa9llo', request.result)
+
+    def test_handles_and_uniques_are_text_that_decodes(self):
+        seen = []
+
+        def record(gearman_worker, gearman_job):
+            seen.append((gearman_job.handle, gearman_job.unique,
+                         gearman_job.task))
+            return b''
+        self.worker({'record': record})
+        request = self.client().submit_job('record', b'x', unique='u-1',
+                                           poll_timeout=WAIT)
+        [(handle, unique, task)] = seen
+        for value in (handle, unique, task, request.job.handle):
+            self.assertIsInstance(value, str)
+        self.assertEqual(request.job.handle, handle)
+        # Code written for pygearman/gearman3 (bytes) calls decode().
+        self.assertEqual(str(handle), handle.decode())
+        self.assertEqual(('u-1', 'u-1'), (unique, unique.decode('ascii')))
+        self.assertEqual('record', task)
+
+    def test_version_and_pid_are_the_raw_reply_lines(self):
+        # python-gearman passed the server's line through unchanged.
+        admin = self.admin()
+        for line in (admin.get_version(), admin.get_pid()):
+            self.assertEqual('OK', line.split(' ')[0])
+            self.assertEqual(2, len(line.split(' ')), line)
+        self.assertTrue(admin.get_pid().split(' ')[1].isdigit())
+
+    @pytest.mark.interop
     def test_worker_serves_the_gearman_cli(self):
-        if GEARMAN_CLI is None:
-            self.skipTest('the gearman command-line tool is not installed')
+        skip_without(self, 'gearman')
         self.worker({'reverse': reverse})
         result = subprocess.run(
-            [GEARMAN_CLI, '-h', '127.0.0.1', '-p', str(self.port),
+            [tool_path('gearman'), '-h', '127.0.0.1', '-p', str(self.port),
              '-f', 'reverse', 'hello cli'],
             stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
         self.assertEqual(0, result.returncode, result.stderr)
@@ -758,6 +811,7 @@ class FacadeScenarios(object):
         self.assertIsInstance(admin.ping_server(), float)
 
 
+@pytest.mark.interop
 class TestWithGearmand(FacadeScenarios, testtools.TestCase):
 
     def startServer(self):

@@ -4,6 +4,7 @@ import threading
 import time
 
 import fixtures
+import pytest
 import testtools
 
 import gear
@@ -67,6 +68,7 @@ def reverse(job):
     job.sendWorkComplete(job.binary_arguments[::-1])
 
 
+@pytest.mark.interop
 class GearmandTestCase(testtools.TestCase):
 
     def setUp(self):

@@ -225,11 +225,11 @@ class TestAdminACL(ServerTestCase):
         self.assertTrue(admin.admin(b'acl grant invoke w (').startswith(
             b'ERR UNABLE '))
         out = admin.adminList(b'acl list')
-        self.assertIn(b'worker\tregister=fn.*\tinvoke=fn.*\tgrant=False\n',
-                      out)
+        self.assertIn(b'worker\tregister=fn.*\tinvoke=fn.*\tgrant=False'
+                      b'\tadmin=False\n', out)
         self.assertEqual(b'OK\r\n', admin.admin(b'acl revoke invoke worker'))
-        self.assertIn(b'worker\tregister=fn.*\tinvoke=None\tgrant=False\n',
-                      admin.adminList(b'acl list'))
+        self.assertIn(b'worker\tregister=fn.*\tinvoke=None\tgrant=False'
+                      b'\tadmin=False\n', admin.adminList(b'acl list'))
         self.assertEqual(b'OK\r\n', admin.admin(b'acl revoke all worker'))
         self.assertNotIn(b'worker\t', admin.adminList(b'acl list'))
 
@@ -254,5 +254,6 @@ class TestAdminACL(ServerTestCase):
         handle = client.submit(b'fn', b'x')
         self.acl.revokeInvoke(None)
         self.acl.add(gear.ACLEntry('nobody', grant=True))
-        self.assertEqual(b'ERR PERMISSION_DENIED\r\n',
-                         client.admin(b'cancel job ' + handle))
+        self.assertEqual(
+            b'ERR PERMISSION_DENIED Permission+denied+by+ACL\r\n',
+            client.admin(b'cancel job ' + handle))

@@ -8,6 +8,7 @@ flooding client costs bounded memory and loses nothing.
 import socket
 import threading
 
+import pytest
 import testtools
 
 from gear import constants as c
@@ -61,6 +62,7 @@ class TestBackpressure(testtools.TestCase):
                 got.append(packet)
         return got
 
+    @pytest.mark.slow
     def test_flooding_reader_is_paused_and_loses_nothing(self):
         flood = self.connect(rcvbuf=4096)
         batch = b''.join(submit(b'flood', b'x') for _ in range(1000))

@@ -7,7 +7,6 @@ geard subprocess.  Skipped when the tools are not installed.
 """
 
 import os
-import shutil
 import signal
 import subprocess
 
@@ -19,13 +18,12 @@ import gear
 from gear.testing import GearServerFixture
 
 from tests.functional.test_geard import Geard, wait_for
+from tests.gearmand import skip_without, tool_path
 
 pytestmark = pytest.mark.interop
 
 HOST = '127.0.0.1'
 WAIT = 15.0
-GEARMAN = shutil.which('gearman')
-GEARADMIN = shutil.which('gearadmin')
 
 
 class _ToolsTests(object):
@@ -35,9 +33,7 @@ class _ToolsTests(object):
         super(_ToolsTests, self).setUp()
         if getattr(gear, 'Server', None) is None:
             self.skipTest('gear.Server is not available yet')
-        if not (GEARMAN and GEARADMIN):
-            self.skipTest('gearman and gearadmin are not installed '
-                          '(Debian/Ubuntu package gearman-tools)')
+        skip_without(self, 'gearman', 'gearadmin')
         self.useFixture(fixtures.Timeout(90, gentle=True))
         self.port, self.server_pid = self.startServer()
 
@@ -60,18 +56,19 @@ class _ToolsTests(object):
         return proc.returncode, out.decode(), err.decode()
 
     def gearman(self, *args, stdin=None):
-        return self.run_tool([GEARMAN, '-h', HOST, '-p', str(self.port)]
-                             + list(args), stdin)
+        return self.run_tool([tool_path('gearman'), '-h', HOST,
+                              '-p', str(self.port)] + list(args), stdin)
 
     def gearadmin(self, *args):
         code, out, err = self.run_tool(
-            [GEARADMIN, '-h', HOST, '-p', str(self.port)] + list(args))
+            [tool_path('gearadmin'), '-h', HOST, '-p', str(self.port)]
+            + list(args))
         self.assertEqual(0, code, err)
         return out, err
 
     def start_worker(self, function, *command, count=None):
         """A ``gearman -w`` worker piping each job through ``command``."""
-        argv = [GEARMAN, '-h', HOST, '-p', str(self.port), '-w',
+        argv = [tool_path('gearman'), '-h', HOST, '-p', str(self.port), '-w',
                 '-f', function]
         if count is not None:
             argv += ['-c', str(count)]

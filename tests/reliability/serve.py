@@ -4,7 +4,9 @@ geard exposes most Server options as flags; this runner passes any
 keyword (``max_output_buffer``, ``max_packet_size``, ...) so a test can
 measure the server process alone (its RSS, its open files) while it is
 attacked.  ``store_synchronous`` (with ``store``, a path) opens the
-SQLite store with that ``synchronous`` setting.  SIGTERM stops it.
+SQLite store with that ``synchronous`` setting.  ``nofile_after_start``
+lowers the soft file-descriptor limit once the server runs, so it meets
+the limit at accept() rather than at start.  SIGTERM stops it.
 """
 
 import json
@@ -28,10 +30,15 @@ def main(argv):
         from gear.server.sqlite_store import SqliteStore
         kwargs['store'] = SqliteStore(kwargs['store'], synchronous,
                                       group_commit=True)
+    nofile = kwargs.pop('nofile_after_start', None)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
     server = gear.Server(port, host='127.0.0.1', **kwargs)
+    if nofile:
+        import resource
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
     while not stop.wait(3600):
         pass
     server.shutdown()

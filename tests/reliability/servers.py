@@ -33,6 +33,23 @@ def rss_bytes(pid):
     raise ValueError('no VmRSS for %d' % pid)
 
 
+def cpu_seconds(pid):
+    """User plus system CPU time a process has used, from /proc."""
+    with open('/proc/%d/stat' % pid) as f:
+        # The command name may hold spaces; fields count from its ')'.
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def _lower_nofile(limit):
+    """A preexec_fn: the child starts with a soft fd limit of ``limit``."""
+    def apply():
+        import resource
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    return apply
+
+
 def open_fds(pid):
     """How many file descriptors a process has open."""
     return len(os.listdir('/proc/%d/fd' % pid))
@@ -42,6 +59,8 @@ class ServerProcess(object):
     """Base: a server command run on a fresh free port at each start."""
 
     name = 'server'
+    #: A soft RLIMIT_NOFILE for the process (None: inherited).
+    nofile = None
 
     def __init__(self, workdir=None):
         self._own_dir = workdir is None
@@ -66,7 +85,8 @@ class ServerProcess(object):
             self.proc = subprocess.Popen(
                 self.command(self.port), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=log, env=child_env(),
-                cwd=REPO)
+                cwd=REPO, preexec_fn=None if self.nofile is None
+                else _lower_nofile(self.nofile))
         try:
             wait_ready(peers.HOST, self.port, timeout, self.proc)
         except ServerUnavailable as e:

@@ -9,6 +9,7 @@ import os
 import sqlite3
 
 import fixtures
+import pytest
 import testtools
 from testtools.content import text_content
 
@@ -18,6 +19,7 @@ from tests.reliability import crash, peers, servers
 SEED = int(os.environ.get('GEAR_RELIABILITY_SEED', '20240611'))
 
 
+@pytest.mark.slow
 class CrashTestCase(testtools.TestCase):
 
     def setUp(self):
@@ -97,6 +99,7 @@ class TestGeardCrash(CrashTestCase):
         self.assertEqual(0, peers.function_total(server.port, 'fin'))
 
 
+@pytest.mark.interop
 class TestGearmandCrash(CrashTestCase):
     """The same scenario against gearmand's libsqlite3 queue.
 

@@ -9,6 +9,7 @@ framing.
   before the damage still comes out exactly once and in order.
 """
 
+import pytest
 import testtools
 from hypothesis import given, settings, strategies as st
 
@@ -116,6 +117,7 @@ def feed_in_chunks(buf, stream, cuts, out):
         drain(buf, out)
 
 
+@pytest.mark.slow
 class TestInputBufferProperties(testtools.TestCase):
 
     @settings(max_examples=EXAMPLES)

@@ -254,6 +254,26 @@ class TestACLFile(testtools.TestCase):
 
     def test_bad_boolean(self):
         self.assertBadFile('[a]\ngrant = maybe\n', '[a]', 'grant', 'maybe')
+        self.assertBadFile('[a]\nadmin = perhaps\n', '[a]', 'admin',
+                           'perhaps')
+
+    def test_admin_key(self):
+        acl = ACL.fromString('[ops]\nadmin = yes\n[other]\ninvoke = x\n')
+        self.assertTrue(acl.canAdmin('ops'))
+        self.assertFalse(acl.canGrant('ops'))
+        self.assertFalse(acl.canAdmin('other'))
+        self.assertFalse(acl.canAdmin('stranger'))
+        self.assertIn('admin=True', repr(acl.subjects['ops']))
+        self.assertNotIn('admin', repr(acl.subjects['other']))
+
+    def test_admin_grant_and_revoke(self):
+        acl = ACL()
+        acl.grantAdmin('ops')
+        self.assertTrue(acl.canAdmin('ops'))
+        self.assertFalse(acl.subjects['ops'].isEmpty())
+        acl.revokeAdmin('ops')
+        self.assertEqual({}, acl.subjects)
+        acl.revokeAdmin('nobody')
 
     def test_unknown_key(self):
         self.assertBadFile('[a]\ninvokes = x\n', '[a]', 'invokes')

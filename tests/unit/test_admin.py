@@ -325,6 +325,34 @@ class TestParse(testtools.TestCase):
         self.assertEqual([('admin', None, '.*', True),
                           ('worker', 'build-.*', None, False)], req.parse())
 
+    def test_acl_list_with_admin_column(self):
+        req = replied(admin.ACLListAdminRequest(),
+                      b'ops\tregister=None\tinvoke=a b\tgrant=False\t'
+                      b'admin=True\n'
+                      b'w\tregister=x\tinvoke=None\tgrant=True\t'
+                      b'admin=False\n.\n')
+        rows = req.parse()
+        self.assertEqual([('ops', None, 'a b', False),
+                          ('w', 'x', None, True)], rows)
+        self.assertEqual([True, False], [row.admin for row in rows])
+        subject, register, invoke, grant = rows[0]
+        self.assertEqual('ops', subject)
+
+    def test_acl_list_rows_of_older_servers_have_no_admin(self):
+        req = replied(admin.ACLListAdminRequest(),
+                      b'a\tregister=None\tinvoke=.*\tgrant=True\n.\n')
+        self.assertIs(False, req.parse()[0].admin)
+
+    def test_acl_grant_admin_takes_no_pattern(self):
+        self.assertEqual(b'acl grant admin ops\n',
+                         admin.ACLGrantAdminRequest('admin', 'ops')
+                         .getCommand())
+        self.assertRaises(ConfigurationError, admin.ACLGrantAdminRequest,
+                          'admin', 'ops', '.*')
+        self.assertEqual(b'acl revoke admin ops\n',
+                         admin.ACLRevokeAdminRequest('admin', 'ops')
+                         .getCommand())
+
     def test_acl_list_bad_row(self):
         req = replied(admin.ACLListAdminRequest(),
                       b'admin\tinvoke=None\tregister=.*\tgrant=True\n.\n')

@@ -9,11 +9,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 import testtools
 
 from bench import library
 from bench import loadgen
 from bench import servers
+from tests.gearmand import skip_without
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -41,6 +43,7 @@ def run_loadgen(*args):
     return proc.returncode, lines, proc.stderr.decode()
 
 
+@pytest.mark.slow
 class SmokeMixin(object):
 
     server = None
@@ -112,14 +115,14 @@ class SmokeMixin(object):
             self.assertEqual(1, summary['servers'][key]['runs'])
 
 
+@pytest.mark.interop
 class TestSmokeGearmand(SmokeMixin, testtools.TestCase):
 
     server = 'gearmand'
 
     def setUp(self):
         super(TestSmokeGearmand, self).setUp()
-        if not os.access(servers.GEARMAND, os.X_OK):
-            self.skipTest('%s is not installed' % servers.GEARMAND)
+        skip_without(self, 'gearmand')
 
 
 class TestSmokeGeard(SmokeMixin, testtools.TestCase):

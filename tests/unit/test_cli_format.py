@@ -247,6 +247,35 @@ class TestMessages(testtools.TestCase):
                          'directory' % missing, e.message)
 
 
+class TestWorkerMessages(testtools.TestCase):
+
+    def test_command_stderr(self):
+        self.assertEqual('', worker_cmd._stderr_text(b'  \n'))
+        self.assertEqual(': broken', worker_cmd._stderr_text(b'broken\n'))
+        self.assertEqual(':\n    one\n    two',
+                         worker_cmd._stderr_text(b'one\ntwo\n'))
+
+    def test_summary(self):
+        serving = worker_cmd.CommandWorker(None, None, count=3)
+        serving.done = 3
+        serving.outcomes[worker_cmd.FAILED] = 1
+        self.assertEqual('stopped after --count 3: ran 3 jobs (1 failed)',
+                         serving.summary())
+        serving = worker_cmd.CommandWorker(None, None)
+        serving.done = 1
+        serving.signal_name = 'SIGTERM'
+        serving.outcomes[worker_cmd.LEFT] = 1
+        self.assertEqual('stopped on SIGTERM: ran 1 job (1 left to the '
+                         'server)', serving.summary())
+
+    def test_lost_connection_suggests_tls_only_before_any_answer(self):
+        before = common.describe_lost_connection('h:1', None)
+        self.assertIn('does the server expect TLS?', before)
+        after = common.describe_lost_connection('h:1', None, answered=True)
+        self.assertEqual('the connection to h:1 was closed by the server',
+                         after)
+
+
 class TestOrderedOutput(testtools.TestCase):
 
     def test_results_come_out_in_submission_order(self):
@@ -269,6 +298,18 @@ class TestOrderedOutput(testtools.TestCase):
         out.finish(third)
         self.assertEqual(b'one\ntwo\nthree\n', b''.join(written))
         self.assertEqual(0, len(out))
+
+    def test_a_job_without_result_is_marked_on_its_line(self):
+        written = []
+        out = submit_cmd.OrderedOutput(written.append, b'\n')
+        lost = submit_cmd.JobRecord(1, None)
+        empty = submit_cmd.JobRecord(2, None)
+        out.add(lost)
+        out.add(empty)
+        lost.mark = submit_cmd.MARK_LOST
+        out.finish(empty)
+        out.finish(lost)
+        self.assertEqual(b'[lost]\n\n', b''.join(written))
 
     def test_no_separator_keeps_bytes_exact(self):
         written = []

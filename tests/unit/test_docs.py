@@ -1,4 +1,5 @@
-"""The documentation builds without warnings, and its examples run.
+"""The documentation builds without warnings or unresolved references,
+its diagrams are drawn, and its examples run.
 
 Conventions for ``doc/source/*.rst``:
 
@@ -20,15 +21,19 @@ Conventions for ``doc/source/*.rst``:
 """
 
 import contextlib
+import html as html_module
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import unittest
 
 import fixtures
+import pytest
 import testtools
 
 import gear
@@ -41,6 +46,7 @@ DOC_SOURCE = os.path.join(ROOT, 'doc', 'source')
 _DIRECTIVE = re.compile(r'^(?P<indent>\s*)\.\. code-block::\s*python\s*$')
 _OPTION = re.compile(r'^\s*:[\w-]+:')
 _PORT = re.compile(r'\b4730\b')
+_SVG_OBJECT = re.compile(r'<object data="(_images/graphviz-[0-9a-f]+\.svg)"')
 
 
 def python_examples(path):
@@ -95,26 +101,53 @@ def _sphinx_available():
     return True
 
 
+@pytest.mark.slow
 class TestDocsBuild(testtools.TestCase):
+    """One build (-W -n) for the class, then checks on its pages."""
 
-    def setUp(self):
-        super(TestDocsBuild, self).setUp()
+    @classmethod
+    def setUpClass(cls):
+        super(TestDocsBuild, cls).setUpClass()
         if not _sphinx_available():
-            self.skipTest('sphinx is not installed (pip install -r '
-                          'doc-requirements.txt)')
-
-    def test_build_without_warnings(self):
-        out = self.useFixture(fixtures.TempDir()).path
-        html = os.path.join(out, 'html')
+            raise unittest.SkipTest('sphinx is not installed (pip install '
+                                    '-r doc-requirements.txt)')
+        if shutil.which('dot') is None:
+            raise unittest.SkipTest('graphviz is not installed: the '
+                                    'diagrams need its "dot" (apt-get '
+                                    'install graphviz)')
+        cls.out = tempfile.mkdtemp(prefix='gear-docs-')
+        cls.html = os.path.join(cls.out, 'html')
         proc = subprocess.run(
-            [sys.executable, '-m', 'sphinx', '-W', '--keep-going', '-q',
-             '-b', 'html', '-d', os.path.join(out, 'doctrees'),
-             DOC_SOURCE, html],
+            [sys.executable, '-m', 'sphinx', '-W', '-n', '--keep-going',
+             '-q', '-b', 'html', '-d', os.path.join(cls.out, 'doctrees'),
+             DOC_SOURCE, cls.html],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             timeout=300)
-        output = proc.stdout.decode('utf-8', 'replace')
-        self.assertEqual(0, proc.returncode, output)
-        self.assertEqual('', output.strip())
+        cls.output = proc.stdout.decode('utf-8', 'replace')
+        if proc.returncode != 0:
+            cls.output += '\n(exit status %d)' % proc.returncode
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.out, ignore_errors=True)
+        super(TestDocsBuild, cls).tearDownClass()
+
+    def page(self, name):
+        with open(os.path.join(self.html, name), encoding='utf-8') as f:
+            return f.read()
+
+    def diagrams(self, name):
+        """The text of each SVG diagram drawn on page ``name``."""
+        texts = []
+        for path in _SVG_OBJECT.findall(self.page(name)):
+            with open(os.path.join(self.html, path),
+                      encoding='utf-8') as f:
+                texts.append(f.read())
+        return texts
+
+    def test_build_without_warnings(self):
+        self.assertEqual('', self.output.strip())
+        html = self.html
 
         # Every public name of the package is documented somewhere.
         anchors = set()
@@ -133,6 +166,94 @@ class TestDocsBuild(testtools.TestCase):
         wanted.append('gear.testing.GearServerFixture')
         missing = sorted(set(wanted) - anchors)
         self.assertEqual([], missing)
+
+    def test_architecture_diagrams_are_drawn(self):
+        svgs = self.diagrams('architecture.html')
+        self.assertEqual(3, len(svgs), 'architecture, layers, foreground')
+        for svg in svgs:
+            self.assertIn('<svg', svg)
+        self.assertIn('job server', svgs[0])
+        self.assertIn('gear.protocol', svgs[1])
+        self.assertIn('JOB_ASSIGN_UNIQ', svgs[2])
+        # The ASCII art they replace is gone.
+        self.assertNotIn('-------------------------&gt;',
+                         self.page('architecture.html'))
+
+    def test_lifecycle_diagrams_are_drawn(self):
+        svgs = self.diagrams('lifecycle.html')
+        self.assertEqual(3, len(svgs))
+        foreground, background, requeue = svgs
+        self.assertIn('WORK_COMPLETE (forwarded)', foreground)
+        self.assertIn('SUBMIT_JOB_BG', background)
+        self.assertIn('Worker B', requeue)
+
+    def test_module_references_resolve(self):
+        page = self.page('modules.html')
+        for name in ('gear.job', 'gear.server', 'gear.cmd.geard',
+                     'gear.testing'):
+            self.assertIn(name, page)
+        self.assertIn('id="module-gear.job"', page)
+
+    def test_help_fits_the_page(self):
+        page = self.page('commands.html')
+        blocks = re.findall(r'(?s)<pre>(?:<span></span>)?(usage: .*?)</pre>',
+                            page)
+        self.assertEqual(3, len(blocks))
+        for block in blocks:
+            text = html_module.unescape(re.sub(r'<[^>]+>', '', block))
+            widest = max(len(line) for line in text.splitlines())
+            self.assertLessEqual(widest, 64, text)
+
+
+def _sequence_extension():
+    """doc/source/_ext/sequence.py, which needs Sphinx to import."""
+    if not _sphinx_available():
+        raise unittest.SkipTest('sphinx is not installed (pip install -r '
+                                'doc-requirements.txt)')
+    path = os.path.join(DOC_SOURCE, '_ext')
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    import sequence
+    return sequence
+
+
+class TestSequenceDiagram(testtools.TestCase):
+    """The text format of ``.. sequence-diagram::``."""
+
+    def setUp(self):
+        super(TestSequenceDiagram, self).setUp()
+        self.sequence = _sequence_extension()
+
+    def test_messages_notes_and_answers(self):
+        participants, steps = self.sequence.parse([
+            'participants: Client, Server, Worker',
+            '# a comment',
+            'Client -> Server: SUBMIT_JOB f',
+            'Server --> Client: JOB_CREATED H:1',
+            'Server: queues it',
+            'Worker -> Client: skips a column'])
+        self.assertEqual(['Client', 'Server', 'Worker'], participants)
+        self.assertEqual([
+            ('msg', 'Client', 'Server', 'SUBMIT_JOB f', False),
+            ('msg', 'Server', 'Client', 'JOB_CREATED H:1', True),
+            ('note', 'Server', 'queues it'),
+            ('msg', 'Worker', 'Client', 'skips a column', False),
+        ], steps)
+        dot = self.sequence.to_dot(participants, steps)
+        self.assertTrue(dot.startswith('digraph sequence {'))
+        # A message between columns 0 and 2 passes through column 1.
+        self.assertIn('p0_4 -> p1_4', dot)
+        self.assertIn('p1_4 -> p2_4', dot)
+        self.assertIn('"JOB_CREATED H:1"', dot)
+
+    def test_mistakes_are_reported(self):
+        for lines, message in (
+                (['Client -> Server: x'], 'participants'),
+                (['participants: A, B', 'A -> C: x'], "unknown participant"),
+                (['participants: A, B', 'A to B'], 'expected')):
+            error = self.assertRaises(self.sequence.SequenceError,
+                                      self.sequence.parse, lines)
+            self.assertIn(message, str(error))
 
 
 class TestDocExamples(testtools.TestCase):

@@ -175,6 +175,14 @@ class TestFlags(testtools.TestCase):
         self.assertEqual('/etc/geard/acl.ini',
                          parse('--acl', '/etc/geard/acl.ini').acl)
 
+    def test_port_out_of_range_is_a_usage_error(self):
+        with testtools.ExpectedException(SystemExit, '2'):
+            parse('-p', '99999')
+        self.assertIn('geard: error: argument -p/--port: port 99999 is out '
+                      'of range 0-65535', self.stderr.getvalue())
+        self.assertRejected('-p', '-1')
+        self.assertEqual(65535, parse('-p', '65535').port)
+
     def test_unknown_flag(self):
         self.assertRejected('--no-such-flag')
 
@@ -287,6 +295,24 @@ class TestStartupChecks(testtools.TestCase):
         args = parse('-p', str(port), '--listen-address', '127.0.0.1')
         e = self.assertRaises(geard.StartupError, geard.check_port, args)
         self.assertIn('127.0.0.1:%d' % port, str(e))
+
+    def test_store_checked_before_detaching(self):
+        path = os.path.join(self.dir, 'jobs.db')
+        geard.check_store(parse())
+        geard.check_store(parse('--store', path))
+        # The check does not keep the store: the daemon opens it again.
+        from gear.server.sqlite_store import SqliteStore
+        held = SqliteStore(path)
+        self.addCleanup(held.close)
+        e = self.assertRaises(geard.StartupError, geard.check_store,
+                              parse('--store', path))
+        self.assertIn('job store %s is in use by another server' % path,
+                      str(e))
+        empty = os.path.join(self.dir, 'empty.db')
+        open(empty, 'wb').close()
+        e = self.assertRaises(geard.StartupError, geard.check_store,
+                              parse('--store', empty))
+        self.assertIn('job store %s is damaged' % empty, str(e))
 
     def test_log_config_missing(self):
         args = parse('-d', '--log-config', os.path.join(self.dir, 'x.conf'))

@@ -26,11 +26,20 @@ class CannedAdminClient(gearman.GearmanAdminClient):
 
 class TestConstruction(testtools.TestCase):
 
-    def test_exactly_one_server(self):
-        for host_list in (None, [], ['a:1', 'b:1']):
-            e = self.assertRaises(ValueError, gearman.GearmanAdminClient,
-                                  host_list)
-            self.assertIsInstance(e, gearman.GearmanError)
+    def test_more_than_one_server(self):
+        e = self.assertRaises(ValueError, gearman.GearmanAdminClient,
+                              ['a:1', 'b:1'])
+        self.assertIsInstance(e, gearman.GearmanError)
+
+    def test_no_server_constructs_and_calls_fail(self):
+        # As python-gearman: suites build one at import time.
+        for host_list in (None, []):
+            client = gearman.GearmanAdminClient(host_list)
+            self.assertEqual([], client.host_list)
+            e = self.assertRaises(gearman.ServerUnavailable,
+                                  client.get_version)
+            self.assertIn('no server', str(e))
+            client.shutdown()
 
     def test_defaults(self):
         client = gearman.GearmanAdminClient([('127.0.0.1', 4730)])

@@ -31,6 +31,17 @@ class TestHelpers(testtools.TestCase):
         self.assertIsNone(name_text(None))
         self.assertEqual('\udcff', name_text(b'\xff'))
 
+    def test_wire_text_decodes_like_the_bytes_it_came_from(self):
+        handle = name_text(b'H:a:1')
+        self.assertIsInstance(handle, str)
+        self.assertEqual('H:a:1', handle.decode())
+        self.assertIs(str, type(handle.decode()))
+        self.assertEqual('H:a:1', handle.decode('ascii'))
+        odd = name_text(b'u\xff')
+        self.assertEqual('u\xff', odd.decode('latin-1'))
+        self.assertRaises(UnicodeDecodeError, odd.decode)
+        self.assertEqual('u\ufffd', odd.decode('utf-8', 'replace'))
+
     def test_deadline(self):
         self.assertIsNone(Deadline(None).remaining())
         self.assertFalse(Deadline(None).expired())

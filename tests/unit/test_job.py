@@ -1,5 +1,6 @@
 """Job classes: attribute semantics, text variants and worker-side sends."""
 
+import fixtures
 import testtools
 
 import gear
@@ -169,10 +170,43 @@ class TestWorkerJob(testtools.TestCase):
         def broken(packet):
             raise OSError('gone')
         self.conn.sendPacket = broken
-        self.assertRaises(OSError, job.sendWorkComplete, b'')
+        self.assertFalse(job.sendWorkComplete(b''))
         self.assertEqual([job], calls)
-        self.assertRaises(OSError, job.sendWorkFail)
+        self.assertFalse(job.sendWorkFail())
         self.assertEqual([job], calls)
+
+    def test_sends_report_whether_they_were_sent(self):
+        job = self.make()
+        self.assertTrue(job.sendWorkData(b'd'))
+        self.assertTrue(job.sendWorkStatus(1, 2))
+        self.assertTrue(job.sendWorkComplete(b'r'))
+
+    def test_lost_connection_drops_without_raising(self):
+        job = self.make()
+        self.conn.connected = False
+        logger = self.useFixture(fixtures.FakeLogger('gear.WorkerJob'))
+        self.assertFalse(job.sendWorkData(b'd'))
+        self.assertFalse(job.sendWorkException(b'e'))
+        self.assertEqual([], self.conn.sent)
+        self.assertIn('connection to', logger.output)
+
+    def test_a_reconnected_connection_is_not_the_jobs(self):
+        # The Worker notes the connection generation the job came on.
+        self.conn._generation = 1
+        job = self.make()
+        job._track_key = (self.conn, 1, b'fn')
+        self.assertTrue(job.sendWorkStatus(1, 2))
+        self.conn._generation = 2
+        self.assertFalse(job.sendWorkComplete(b'stale'))
+        self.assertEqual(1, len(self.conn.sent))
+
+    def test_connection_error_is_not_raised(self):
+        job = self.make()
+
+        def refuse(packet):
+            raise gear.ConnectionError('Not connected')
+        self.conn.sendPacket = refuse
+        self.assertFalse(job.sendWorkWarning(b'w'))
 
 
 class TestFunctionRecord(testtools.TestCase):
