@@ -1,47 +1,30 @@
 """The Gearman client: submit jobs and follow them to completion."""
 
 import collections
-import datetime
 import logging
 import threading
 import time
 import uuid
 
-from gear import constants
+from gear import constants, hashing
 from gear.base import BaseClient
 from gear.connection import (
     GetStatusTask, GetStatusUniqueTask, OptionReqTask, SubmitJobTask)
 from gear.errors import (
-    ConfigurationError, ConnectionError, GearmanError,
-    NoConnectedServersError, TimeoutError, UnknownJobError)
-from gear.protocol import Packet
+    ConnectionError, GearmanError, NoConnectedServersError, TimeoutError,
+    UnknownJobError)
+from gear.protocol import (
+    Packet, fraction, status_fields, submit_request, work_handle)
 from gear.util import convert_to_bytes, to_text
-
-_PRECEDENCES = (constants.PRECEDENCE_NORMAL, constants.PRECEDENCE_LOW,
-                constants.PRECEDENCE_HIGH)
-
-
-def _epoch_seconds(when):
-    if isinstance(when, datetime.datetime):
-        if when.tzinfo is None or when.utcoffset() is None:
-            raise ConfigurationError("when must be an aware datetime")
-        return int(when.timestamp())
-    if isinstance(when, bool) or not isinstance(when, (int, float)):
-        raise ConfigurationError(
-            "when must be epoch seconds or an aware datetime")
-    return int(when)
 
 
 def _handle_of(packet):
-    """The job handle of a WORK_* packet.
+    """The job handle of a WORK_* packet (see protocol.work_handle)."""
+    return work_handle(packet.getArgument(0))
 
-    gearmand's WORK_FAIL made from a WORK_EXCEPTION carries a stray
-    trailing NUL after the handle; tolerate it.
-    """
-    handle = packet.getArgument(0)
-    if handle.endswith(b'\x00'):
-        handle = handle.rstrip(b'\x00')
-    return handle
+
+def _server_key_of(conn):
+    return hashing.server_key(conn.host, conn.port)
 
 
 class Client(BaseClient):
@@ -67,6 +50,14 @@ class Client(BaseClient):
     #: Seconds a server may take to answer an echo after it failed to
     #: answer a submission in time; if it does not, it is disconnected.
     probe_timeout = 5.0
+
+    #: With several servers, send a job that has a unique to the server
+    #: its unique hashes to (the next one in the key's order if that one
+    #: is down), so that equal uniques from any client meet on one
+    #: server and coalesce; ``getStatusUnique`` asks that server first.
+    #: Jobs without a unique still go to the servers in turn.  False
+    #: restores gear 0.16's turn-taking for every job.
+    hash_uniques = True
 
     def __init__(self, client_id='unknown', exceptions=True,
                  resubmit=False, resubmit_timeout=60, job_callback=None):
@@ -119,27 +110,19 @@ class Client(BaseClient):
         :raises NoConnectedServersError: no server is connected.
         :raises GearmanError: no connected server accepted the job.
         """
-        if precedence not in _PRECEDENCES:
-            raise ConfigurationError("Invalid precedence value")
         unique = job.binary_unique
+        conns = self._connectionsFor(
+            hashing.routing_key(unique, job.binary_arguments))
         if background and unique is None:
             # Without a unique, gearmand's persistent queues would let
             # such jobs overwrite one another.
             unique = uuid.uuid4().hex.encode('ascii')
             job._unique = unique
-        fields = [job.binary_name, unique or b'']
-        if when is not None:
-            if not background or precedence != constants.PRECEDENCE_NORMAL:
-                raise ConfigurationError(
-                    "when= needs background=True and normal precedence")
-            ptype = constants.SUBMIT_JOB_EPOCH
-            fields.append(str(_epoch_seconds(when)).encode('ascii'))
-        else:
-            ptype = constants.SUBMIT_TYPE_FOR[(precedence, bool(background))]
-        fields.append(bytes(job.binary_arguments))
-        packet = Packet(constants.REQ, ptype, b'\x00'.join(fields))
+        ptype, payload = submit_request(
+            job.binary_name, unique, job.binary_arguments, background,
+            precedence, when)
+        packet = Packet(constants.REQ, ptype, payload)
 
-        conns = self._connectionsInTurn()
         if not conns:
             raise NoConnectedServersError("No connected Gearman servers")
         for conn in conns:
@@ -166,6 +149,22 @@ class Client(BaseClient):
                 job._precedence = precedence
             return
         raise GearmanError("Unable to submit job to any connected servers")
+
+    def _connectionsFor(self, unique):
+        """The active connections in the order a submission of ``unique``
+        tries them: by rendezvous hashing of the unique when
+        :attr:`hash_uniques` is on, else the next in turn first."""
+        if not unique or not self.hash_uniques:
+            return self._connectionsInTurn()
+        with self.connections_condition:
+            active = self.active_connections[:]
+            configured = active + self.inactive_connections
+        if len(configured) < 2:
+            return active
+        live = set(map(id, active))
+        return [conn for conn in hashing.rendezvous_order(
+                    unique, configured, _server_key_of)
+                if id(conn) in live]
 
     def _probe(self, conn):
         """Drop ``conn`` if it does not answer an echo either."""
@@ -245,7 +244,11 @@ class Client(BaseClient):
         return job
 
     def getStatusUnique(self, unique, timeout=30):
-        """Look a job up by its unique on every connected server.
+        """Look a job up by its unique on the connected servers.
+
+        With :attr:`hash_uniques` on, the servers are asked one by one in
+        the unique's hash order (its owner first) until one knows it;
+        otherwise all of them at once.
 
         :returns: ``(known, running, numerator, denominator,
             waiting_clients)`` from the first server that knows it, or
@@ -254,10 +257,30 @@ class Client(BaseClient):
         :raises TimeoutError: no server answered in time.
         """
         unique = convert_to_bytes(unique)
-        with self.connections_condition:
-            conns = self.active_connections[:]
+        if self.hash_uniques and unique:
+            conns = self._connectionsFor(unique)
+            rounds = [[conn] for conn in conns]
+        else:
+            with self.connections_condition:
+                conns = self.active_connections[:]
+            rounds = [conns]
         if not conns:
             raise NoConnectedServersError("No connected Gearman servers")
+        deadline = time.monotonic() + timeout
+        answered = False
+        for group in rounds:
+            result, replied = self._askStatusUnique(group, unique, deadline)
+            answered = answered or replied
+            if result is not None:
+                return result
+        if not answered:
+            raise TimeoutError("no server answered a status request for"
+                               " unique %r within %gs" % (unique, timeout))
+        return (False, False, b'0', b'0', 0)
+
+    def _askStatusUnique(self, conns, unique, deadline):
+        """Send GET_STATUS_UNIQUE to ``conns``; return (the first known
+        result or None, whether any server answered)."""
         tasks = []
         for conn in conns:
             task = GetStatusUniqueTask(unique)
@@ -270,8 +293,7 @@ class Client(BaseClient):
                 self._lostConnection(conn)
                 continue
             tasks.append(task)
-        deadline = time.monotonic() + timeout
-        answered = False
+        answered = not tasks
         for task in tasks:
             remaining = max(0.0, deadline - time.monotonic())
             if not task.wait(remaining) and task.abandon():
@@ -280,11 +302,8 @@ class Client(BaseClient):
                 continue
             answered = True
             if task.result[0]:
-                return task.result
-        if tasks and not answered:
-            raise TimeoutError("no server answered a status request for"
-                               " unique %r within %gs" % (unique, timeout))
-        return (False, False, b'0', b'0', 0)
+                return task.result, True
+        return None, answered
 
     # Replies
 
@@ -459,28 +478,28 @@ class Client(BaseClient):
     def _setProgress(job, numerator, denominator):
         job.numerator = numerator
         job.denominator = denominator
-        try:
-            job.fraction_complete = float(numerator) / float(denominator)
-        except (TypeError, ValueError, ZeroDivisionError):
-            job.fraction_complete = None
+        job.fraction_complete = fraction(numerator, denominator)
 
     def handleStatusRes(self, packet):
+        """Update the job a STATUS_RES is about and return it.
+
+        The job is the one getStatus() asked about or, for a status
+        request sent without a task (a plain ``sendPacket``), the job this
+        connection follows under that handle.
+
+        :raises UnknownJobError: no such job is followed here (as gear
+            0.16 did; subclasses catch it to detect lost jobs).
+        """
         task = self._takeReply(packet)
         if isinstance(task, GetStatusTask):
             job = task.job
         else:
             if task is not None:
                 task.fail()
-            try:
-                job = packet.getJob()
-            except UnknownJobError:
-                self.log.debug("STATUS_RES for an unknown job: %s", packet)
-                return None
-        args = packet.arguments
-        job.known = (args[1] == b'1')
-        job.running = (args[2] == b'1')
-        self._setProgress(job, args[3] if len(args) > 3 else None,
-                          args[4] if len(args) > 4 else None)
+            job = packet.getJob()
+        job.known, job.running, numerator, denominator = status_fields(
+            packet.arguments)
+        self._setProgress(job, numerator, denominator)
         if task is not None:
             task.setComplete()
         return job

@@ -87,8 +87,9 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
     :arg job_retries: requeues allowed after a job loses its worker before
         its clients get WORK_FAIL (None: unlimited; 0: fail at the first
         loss).
-    :arg store: None (memory only), a SQLite path, or a store object
-        (:mod:`gear.server.store`) for background jobs.
+    :arg store: None (memory only), a SQLite path, a ``postgresql://``
+        URL (its rows go under the handle prefix as server id), or a store
+        object (:mod:`gear.server.store`) for background jobs.
     :arg bool exceptions: the ``exceptions`` option every new connection
         starts with.
     :arg job_handle_prefix: handles are ``<prefix>:<n>``; default
@@ -108,7 +109,14 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         its handshake.
     :arg bool allow_admin_shutdown: let the ``shutdown`` admin command
         stop the server (off, as in gearmand >= 1.1.15).
+    :arg str semantics: ``'gear'`` (the default) keeps gear 0.16's
+        observable semantics wherever its callers could depend on them;
+        ``'gearmand'`` (what ``geard`` runs) follows gearmand's.  See
+        :doc:`migration-gear` for the differences.
     """
+
+    #: The values ``semantics`` accepts.
+    SEMANTICS = ('gear', 'gearmand')
 
     if _HAS_EPOLL:
         edge_bitmask = select.EPOLLET
@@ -135,7 +143,12 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                  max_packet_size=DEFAULT_MAX_PACKET_SIZE,
                  max_connections=10000,
                  max_output_buffer=128 * 1024 * 1024,
-                 tls_handshake_timeout=10.0, allow_admin_shutdown=False):
+                 tls_handshake_timeout=10.0, allow_admin_shutdown=False,
+                 semantics='gear'):
+        if semantics not in self.SEMANTICS:
+            raise ConfigurationError("semantics must be one of %s" %
+                                     ", ".join(self.SEMANTICS))
+        self.semantics = semantics
         self.port = port
         self.host = host
         self.ssl_key = ssl_key
@@ -187,7 +200,7 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self.jobs = self.queue.jobs
         self.functions = self.queue.functions
 
-        self.store = open_store(store)
+        self.store = open_store(store, server_id=prefix)
         self._persist = getattr(self.store, 'persistent', True)
         # Stores that batch writes commit once per loop turn, before the
         # JOB_CREATED replies of that turn are sent.  _store_acked holds
