@@ -37,11 +37,16 @@ if __package__ in (None, ''):  # run as a script: make the repo importable
 
 from bench import library  # noqa: E402
 from bench import scraper  # noqa: E402
+from bench import registration  # noqa: E402
 from bench import servers as servers_mod  # noqa: E402
 from gear import constants as C  # noqa: E402
 from gear.protocol import InputBuffer, pack  # noqa: E402
 
-SCENARIOS = ('submit-bg', 'drain', 'pipeline', 'roundtrip', 'deepqueue')
+SCENARIOS = ('submit-bg', 'drain', 'pipeline', 'roundtrip', 'deepqueue',
+             'registration', 'registration-flood')
+# workers x functions of the registration scenarios.
+REGISTRATION_SIZES = {'registration': (10, 20000),
+                      'registration-flood': (50, 10000)}
 LOADS = ('raw', 'library')
 DEFAULT_N = 100000
 DEFAULT_DEEP_N = 1000000
@@ -931,7 +936,29 @@ def scenario_deepqueue(server, opts, n):
     return rec
 
 
+def scenario_registration(server, opts, n, name='registration'):
+    run_opts = copy.copy(opts)
+    w, k = REGISTRATION_SIZES[name]
+    run_opts.reg_workers = opts.reg_workers or w
+    run_opts.reg_functions = opts.reg_functions or k
+    try:
+        rec = registration.scenario(
+            server, run_opts, lambda: _server_cpu(server),
+            lambda: admin_status(server))
+    except registration.RegistrationError as e:
+        raise BenchError(str(e))
+    rec['server_rss_bytes'], rec['server_hwm_bytes'] = \
+        _server_memory(server)
+    return rec
+
+
+def scenario_registration_flood(server, opts, n):
+    return scenario_registration(server, opts, n, 'registration-flood')
+
+
 RUNNERS = {
+    'registration': scenario_registration,
+    'registration-flood': scenario_registration_flood,
     'submit-bg': scenario_submit_bg,
     'drain': scenario_drain,
     'pipeline': scenario_pipeline,
@@ -946,10 +973,17 @@ SUMMARY_METRICS = ('jobs_per_sec', 'server_cpu_us_per_job',
                    'latency_p50_us', 'latency_p99_us',
                    'enqueue_rate_first10', 'enqueue_rate_last10',
                    'last10_vs_first10', 'rss_delta_per_job_bytes',
-                   'grab_us_shallow', 'grab_us_deep')
+                   'grab_us_shallow', 'grab_us_deep',
+                   'server_cpu_us_per_can_do_register',
+                   'server_cpu_us_per_reset_function',
+                   'server_cpu_us_per_can_do_reregister',
+                   'rt_idle_p50_us', 'rt_flood_p50_us', 'rt_flood_p99_us')
 RATIO_METRICS = ('jobs_per_sec', 'server_cpu_us_per_job',
                  'latency_p50_us', 'latency_p99_us',
-                 'rss_delta_per_job_bytes', 'grab_us_deep')
+                 'rss_delta_per_job_bytes', 'grab_us_deep',
+                 'server_cpu_us_per_can_do_register',
+                 'server_cpu_us_per_reset_function',
+                 'rt_flood_p50_us', 'rt_flood_p99_us')
 # Ratios of the library load to the raw load on the same server.
 LOAD_RATIO_METRICS = ('jobs_per_sec', 'client_cpu_us_per_job',
                       'server_cpu_us_per_job', 'latency_p50_us',
@@ -1055,7 +1089,7 @@ def build_servers(opts):
         for store in opts.stores:
             def factory(name=name.strip(), store=store):
                 return servers_mod.add_store(servers_mod.make_server(
-                    name, opts.gear016_python), store)
+                    name, opts.gear016_python, opts.base_root), store)
             try:
                 probe = factory()
                 label = probe.name
@@ -1098,6 +1132,12 @@ def parse_args(argv=None):
     p.add_argument('--grab-window', type=int, default=4,
                    help='outstanding GRAB_JOB_UNIQ per worker (default 4)')
     p.add_argument('--payload-size', type=int, default=100)
+    p.add_argument('--reg-workers', type=int, default=None,
+                   help='worker connections of the registration scenarios'
+                   ' (default 10; registration-flood 50)')
+    p.add_argument('--reg-functions', type=int, default=None,
+                   help='functions each of them registers (default 20000;'
+                   ' registration-flood 10000)')
     p.add_argument('--probes', type=int, default=PROBES,
                    help='grab probes per depth in deepqueue')
     p.add_argument('--timeout', type=float, default=3600.0,
@@ -1109,6 +1149,8 @@ def parse_args(argv=None):
                    help='use an already running server instead')
     p.add_argument('--pid', type=int, default=None,
                    help='PID of that server, for CPU and memory figures')
+    p.add_argument('--base-root', default=None,
+                   help='another checkout whose geard runs as geard-base')
     p.add_argument('--gear016-python', default=None,
                    help='Python of a separate environment with gear 0.16')
     p.add_argument('--scrape-interval', type=float, default=None,

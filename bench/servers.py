@@ -24,8 +24,16 @@ STOP_TIMEOUT = 5.0
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Names accepted by --servers.
-KNOWN_SERVERS = ('geard', 'gearmand', 'gearmand-mt', 'gear016',
+KNOWN_SERVERS = ('geard', 'geard-pypy', 'geard-base', 'gearmand',
+                 'gearmand-tuned', 'gearmand-mt', 'gear016',
                  'geard-http')
+PYPY = 'pypy3'
+
+# gearmand's job hash tables default to 991 buckets; a queue of 10^5..10^6
+# jobs makes its lookups linear chains.  The tuned variant sizes them for
+# such queues, so a comparison is not won by a default meant for small
+# deployments.
+TUNED_BUCKETS = 1000003
 
 # Job stores accepted by --store: a server given one persists every
 # background job (geard --store; gearmand -q libsqlite3 or -q Postgres).
@@ -269,6 +277,26 @@ def _clean_env(extra_path=None):
     return env
 
 
+def _pypy_path(pypy, tmpdir):
+    """PYTHONPATH for a PyPy geard: this checkout, plus pbr (gear's one
+    runtime dependency, pure Python) borrowed from this interpreter when
+    PyPy has none of its own."""
+    probe = subprocess.run([pypy, '-c', 'import pbr.version'],
+                           cwd=tmpdir, env=_clean_env(),
+                           stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=60)
+    if probe.returncode == 0:
+        return REPO_ROOT
+    try:
+        import pbr
+    except ImportError:
+        return REPO_ROOT
+    extra = os.path.join(tmpdir, 'site')
+    os.mkdir(extra)
+    os.symlink(os.path.dirname(pbr.__file__), os.path.join(extra, 'pbr'))
+    return REPO_ROOT + os.pathsep + extra
+
+
 def check_geard():
     """Raise ServerUnavailable unless this repository's geard can run."""
     if REPO_ROOT not in sys.path:
@@ -365,16 +393,31 @@ def _geard_http(name):
     return server
 
 
-def make_server(name, gear016_python=None):
+def make_server(name, gear016_python=None, base_root=None):
     """Build (but do not start) the named server.
 
-    Raises ServerUnavailable with a readable reason when it cannot run.
+    ``base_root`` is another checkout of this repository (say, of the
+    commit a change starts from) whose geard runs as ``geard-base``, so
+    that both are measured in one run on the same machine load.  Raises
+    ServerUnavailable with a readable reason when it cannot run.
     """
-    if name in ('gearmand', 'gearmand-mt'):
+    if name == 'geard-base':
+        if not base_root or not os.path.isfile(
+                os.path.join(base_root, 'gear', 'cmd', 'geard.py')):
+            raise ServerUnavailable(
+                'geard-base: pass --base-root DIR (a checkout with '
+                'gear/cmd/geard.py)')
+        root = os.path.abspath(base_root)
+        argv, tmpdir = _python_server(name, sys.executable)
+        return ManagedServer(name, argv, cwd=root, env=_clean_env(root),
+                             tmpdir=tmpdir)
+    if name in ('gearmand', 'gearmand-tuned', 'gearmand-mt'):
         if not os.access(GEARMAND, os.X_OK):
             raise ServerUnavailable('%s: %s is not installed'
                                     % (name, GEARMAND))
-        threads = ['--threads=1'] if name == 'gearmand' else []
+        threads = [] if name == 'gearmand-mt' else ['--threads=1']
+        if name == 'gearmand-tuned':
+            threads.append('--hashtable-buckets=%d' % TUNED_BUCKETS)
 
         def argv(port):
             return [GEARMAND, '--listen=%s' % HOST, '--port=%d' % port,
@@ -387,6 +430,15 @@ def make_server(name, gear016_python=None):
                              env=_clean_env(REPO_ROOT), tmpdir=tmpdir)
     if name == 'geard-http':
         return _geard_http(name)
+    if name == 'geard-pypy':
+        check_geard()
+        pypy = shutil.which(PYPY)
+        if pypy is None:
+            raise ServerUnavailable('geard-pypy: %s is not installed' % PYPY)
+        argv, tmpdir = _python_server(name, pypy)
+        return ManagedServer(name, argv, cwd=REPO_ROOT,
+                             env=_clean_env(_pypy_path(pypy, tmpdir)),
+                             tmpdir=tmpdir)
     if name == 'gear016':
         if not gear016_python:
             raise ServerUnavailable(

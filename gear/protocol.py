@@ -1,10 +1,13 @@
 """The Gearman wire format, without any I/O.
 
-Two things live here:
+Three things live here:
 
 * :class:`Packet`, one binary message, and :func:`pack` to build one;
 * :class:`InputBuffer`, which is fed raw bytes and hands back complete
-  binary packets or admin text, in arrival order.
+  binary packets or admin text, in arrival order (the client side);
+* :class:`MessageScanner`, the job server's framing: it slices complete
+  messages straight out of each chunk read and passes them to handlers,
+  keeping only a message cut by the end of a read.
 
 Nothing here touches sockets, threads or clocks, so every framing rule
 can be tested byte by byte.
@@ -28,6 +31,19 @@ DEFAULT_MAX_PACKET_SIZE = 64 * 1024 * 1024
 MAX_ADMIN_LINE = 64 * 1024
 
 _MAGICS = (constants.REQ, constants.RES)
+_REQ_MAGIC = int.from_bytes(constants.REQ, 'big')
+_RES_MAGIC = int.from_bytes(constants.RES, 'big')
+_unpack_ints = struct.Struct('!III').unpack_from
+
+
+class PacketTooLarge(ProtocolError):
+    """A packet header announces more than the allowed payload."""
+
+    def __init__(self, size, limit):
+        super(PacketTooLarge, self).__init__(
+            "Packet of %d bytes exceeds the maximum of %d" % (size, limit))
+        self.size = size
+        self.limit = limit
 
 
 def pack(code, ptype, payload=b''):
@@ -294,6 +310,128 @@ class InputBuffer(object):
         used = len(data) - (len(rest) if rest else 0)
         self._pos += used
         return data[:used]
+
+
+class MessageScanner(object):
+    """Splits a byte stream into messages and dispatches each one.
+
+    The server's one framing path.  :meth:`scan` is given each chunk a
+    socket read returned, together with the partial message the
+    previous chunk ended with.  It slices every complete message out of
+    the chunk without copying the rest, and calls:
+
+    * ``handlers[ptype](context, payload)`` for a request packet whose
+      type indexes ``handlers``;
+    * ``on_other(context, is_request, ptype, payload)`` for any other
+      well-framed packet (response magic, or a type beyond the table);
+    * ``on_line(context, line)`` for an admin text line (without its
+      ``\\n`` or ``\\r\\n``).
+
+    The packet type is not limited here: the framing is magic, type and
+    length, and what a type means is the handlers' business.  A bad
+    magic or an unterminated admin line longer than
+    ``MAX_ADMIN_LINE`` raises :class:`ProtocolError`, a header
+    announcing more than ``max_packet_size`` raises
+    :class:`PacketTooLarge` -- as soon as the header is seen.  Scanning
+    stops early once ``context.closed`` is true.  ``messages`` counts the
+    messages dispatched so far (for the server's metrics).
+    """
+
+    __slots__ = ('handlers', 'on_other', 'on_line', 'max_packet_size',
+                 'messages')
+
+    def __init__(self, handlers, on_other, on_line,
+                 max_packet_size=DEFAULT_MAX_PACKET_SIZE):
+        self.handlers = handlers
+        self.on_other = on_other
+        self.on_line = on_line
+        self.max_packet_size = max_packet_size
+        self.messages = 0
+
+    def scan(self, context, data, tail=None):
+        """Dispatch the messages of ``tail`` + ``data``.
+
+        ``tail`` is what the previous call returned.  Returns the start
+        of a message still incomplete (a bytearray to pass back with the
+        next chunk), or None.  One loop on purpose: it runs for every
+        message the server receives.
+        """
+        if tail is not None:
+            searched = len(tail)
+            tail += data
+            if self._incomplete(tail, searched):
+                return tail
+            data = bytes(tail)
+        pos = 0
+        end = len(data)
+        handlers = self.handlers
+        known = len(handlers)
+        maxsize = self.max_packet_size
+        unpack = _unpack_ints
+        req_magic = _REQ_MAGIC
+        count = 0
+        while pos < end:
+            if context.closed:
+                self.messages += count
+                return None
+            if data[pos] == 0:
+                if end - pos < 12:
+                    break
+                magic, ptype, size = unpack(data, pos)
+                if magic != req_magic and magic != _RES_MAGIC:
+                    raise ProtocolError("Invalid magic code %r" % (
+                        data[pos:pos + 4],))
+                if size > maxsize:
+                    raise PacketTooLarge(size, maxsize)
+                stop = pos + 12 + size
+                if stop > end:
+                    break
+                payload = data[pos + 12:stop]
+                pos = stop
+                count += 1
+                if magic == req_magic and ptype < known:
+                    handlers[ptype](context, payload)
+                else:
+                    self.on_other(context, magic == req_magic, ptype,
+                                  payload)
+            else:
+                nl = data.find(b'\n', pos)
+                if nl < 0:
+                    if end - pos > MAX_ADMIN_LINE:
+                        raise ProtocolError("Admin line too long")
+                    break
+                line = data[pos:nl]
+                pos = nl + 1
+                count += 1
+                if line.endswith(b'\r'):
+                    line = line[:-1]
+                self.on_line(context, line)
+        self.messages += count
+        if pos < end and not context.closed:
+            rest = bytearray(data[pos:])
+            self._incomplete(rest, 0)  # validates a header already seen
+            return rest
+        return None
+
+    def _incomplete(self, buf, searched):
+        """True while the message at the start of ``buf`` is cut short;
+        raises for a bad header.  ``searched``: bytes known to hold no
+        newline."""
+        if buf[0] == 0:
+            if len(buf) < 12:
+                return True
+            magic, ptype, size = _unpack_ints(buf, 0)
+            if magic != _REQ_MAGIC and magic != _RES_MAGIC:
+                raise ProtocolError("Invalid magic code %r" % (
+                    bytes(buf[:4]),))
+            if size > self.max_packet_size:
+                raise PacketTooLarge(size, self.max_packet_size)
+            return len(buf) < 12 + size
+        if buf.find(b'\n', searched) >= 0:
+            return False
+        if len(buf) > MAX_ADMIN_LINE:
+            raise ProtocolError("Admin line too long")
+        return True
 
 
 # Requests built the same way by the thread and the asyncio clients.

@@ -612,10 +612,17 @@ def tune_gc():
     once the server is up (modules, classes, the server itself) are moved
     out of the collector's sight for good.  Only geard does this: it owns
     its process, a library user of gear.Server owns theirs.
+
+    Interpreters whose collector works differently (PyPy has neither
+    ``gc.freeze`` nor generation thresholds) are left as they are.
     """
+    freeze = getattr(gc, 'freeze', None)
+    set_threshold = getattr(gc, 'set_threshold', None)
+    if freeze is None or set_threshold is None:
+        return
     gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    freeze()
+    set_threshold(*GC_THRESHOLDS)
 
 
 class Geard(object):

@@ -1,7 +1,7 @@
 """One accepted connection, as the server sees it.
 
 The server's event loop reads with one large ``recv`` per readable event
-and parses straight from :attr:`ServerConnection.input_buffer`; replies
+and parses with :class:`gear.protocol.MessageScanner`; replies
 are appended to :attr:`ServerConnection.send_queue` (a single bytearray)
 and flushed once per loop turn.  :meth:`ServerConnection.readPacket` and
 :meth:`ServerConnection.sendPacket` remain for gear compatibility (tests
@@ -13,18 +13,17 @@ import logging
 import socket
 import ssl
 
-from gear.admin import AdminRequest
-from gear.connection import NonBlockingConnection
 from gear.errors import RetryIOError
 from gear.protocol import DEFAULT_MAX_PACKET_SIZE, InputBuffer, Packet
 
 _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK)
 
 
-class ServerAdminRequest(AdminRequest):
+class ServerAdminRequest(object):
     """One admin text command received by the server.
 
-    ``command`` is the line without its ``\\n`` (and ``\\r``).
+    ``command`` is the line without its ``\\n`` (and ``\\r``);
+    ``connection`` the connection it came from.
     """
 
     command = None
@@ -61,12 +60,14 @@ class ServerAdminRequest(AdminRequest):
             id(self), self.command)
 
 
-class ServerConnection(NonBlockingConnection):
+class ServerConnection(object):
     """A client, worker or admin connection accepted by the server.
 
-    It is a :class:`gear.NonBlockingConnection` for ``isinstance`` and the
-    shared read/write contract, but builds its own state: it never
-    connects, and its send queue is one bytearray.
+    It keeps the attributes gear's server connection had (``host``,
+    ``port``, ``conn``, ``functions``, ``related_jobs``, ``client_id``,
+    ``ssl_subject``, ``state``, ``send_queue``...) but none of a client
+    connection's members: it never connects, and its send queue is one
+    bytearray.
 
     :arg addr: the peer address (``addr[0]`` is the host, ``addr[1]`` the
         port; gear's tests pass a plain string).
@@ -99,16 +100,22 @@ class ServerConnection(NonBlockingConnection):
         self.closed = False
         self.fd = None
         # Server bookkeeping: the FunctionQueues of ``functions`` in
-        # round-robin order, CAN_DO_TIMEOUT values (ms) by function, the
-        # poll mask in force, whether reading is paused, and TLS state.
-        self._fqs = []
+        # round-robin order (a dict used as an ordered set, so adding,
+        # removing and rotating one is O(1)), CAN_DO_TIMEOUT values (ms)
+        # by function, the poll mask in force, whether reading is paused,
+        # and TLS state.
+        self._fqs = {}
         self._timeouts = None
         self._events = 0
         self._paused = False  # reading stopped until replies are read
         # A plain (not TLS) socket: the loop may read it directly.
         self._plain = not use_ssl
-        # input_buffer holds the start of a message (the loop's flag).
-        self._partial = False
+        # The start of a message the last read cut short (the server
+        # loop's, see gear.protocol.MessageScanner).
+        self._tail = None
+        # The set object ``functions`` the server last matched against
+        # ``_fqs``: a hook that replaces or edits it is noticed.
+        self._synced = self.functions
         self._handshaking = _tls_pending
         self._handshake_timer = None
         # Called with this connection when output is queued outside the

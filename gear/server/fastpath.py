@@ -47,6 +47,9 @@ class FastPaths(object):
                                                       background)
         if not self._overridden('getJobForConnection'):
             fast[constants.PRE_SLEEP] = self._makePreSleepHandler()
+        # Registration has no reply; a CI worker sends thousands at once.
+        fast[constants.CAN_DO] = self._canDo
+        fast[constants.CANT_DO] = self._unregisterFunction
         fast[constants.GRAB_JOB] = self._makeGrabHandler(
             constants.JOB_ASSIGN)
         fast[constants.GRAB_JOB_UNIQ] = self._makeGrabHandler(
@@ -64,7 +67,7 @@ class FastPaths(object):
         out = []
         for ptype in range(constants.MAX_TYPE + 1):
             name = names.get(ptype)
-            if self._timed:
+            if self._timed or self._hooked_packets:
                 out.append(partial(self._dispatchTimed, ptype))
             elif ptype in fast and not self._overridden(name):
                 out.append(fast[ptype])

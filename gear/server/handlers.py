@@ -121,6 +121,7 @@ class PacketHandlers(object):
             return False
         if self._store_flush is not None:
             self._store_acked.append(conn)
+            self._uncommitted[job] = None
         return True
 
     def _adoptInBackground(self, conn, job):
@@ -168,6 +169,10 @@ class PacketHandlers(object):
         if key is not None:
             job = fq.uniques.get(key)
             if job is not None:
+                if job in self._uncommitted:
+                    # Acknowledged only if the job's commit this turn
+                    # succeeds; otherwise this submitter is dropped too.
+                    self._store_acked.append(conn)
                 if background:
                     if not job.background and \
                             not self._adoptInBackground(conn, job):
@@ -337,22 +342,37 @@ class PacketHandlers(object):
         fq = self.queue.function(name)
         if fq.name not in conn.functions:
             conn.functions.add(fq.name)
-            conn._fqs.append(fq)
-            fq.workers += 1
+            self._attachFunction(conn, fq)
         if timeout:
             if conn._timeouts is None:
                 conn._timeouts = {}
             conn._timeouts[fq.name] = timeout
         elif conn._timeouts:
             conn._timeouts.pop(fq.name, None)
+
+    def _attachFunction(self, conn, fq):
+        """The bookkeeping of one function a worker gained: O(1)."""
+        conn._fqs[fq] = None
+        fq.workers += 1
         if conn.state == 'SLEEP':
             if fq.runnable:
                 self._wakeOne(conn)
             else:
                 fq.sleepers[conn] = None
 
+    def _detachFunction(self, conn, fq):
+        """The bookkeeping of one function a worker lost: O(1)."""
+        del conn._fqs[fq]
+        fq.workers -= 1
+        fq.sleepers.pop(conn, None)
+        if conn._timeouts:
+            conn._timeouts.pop(fq.name, None)
+
     def handleCanDo(self, packet):
         self._registerFunction(packet.connection, packet.data, None)
+
+    def _canDo(self, conn, name):
+        self._registerFunction(conn, name, None)
 
     def handleCanDoTimeout(self, packet):
         name, sep, value = packet.data.partition(b'\x00')
@@ -361,30 +381,72 @@ class PacketHandlers(object):
         timeout = max(_parse_decimal(value), MIN_CAN_DO_TIMEOUT)
         self._registerFunction(packet.connection, name, timeout)
 
-    def _unregisterFunction(self, conn, name):
-        fq = self.queue.functions.get(name)
+    def _dropFunction(self, conn, name):
+        """Forget that ``conn`` can do ``name``: O(1), however many
+        functions the worker or workers the function has.  Returns False
+        if it did not have it."""
         if name not in conn.functions:
-            return
+            return False
         conn.functions.discard(name)
-        if fq is not None:
-            if fq in conn._fqs:
-                conn._fqs.remove(fq)
-            fq.workers -= 1
-            fq.sleepers.pop(conn, None)
-        if conn._timeouts:
-            conn._timeouts.pop(name, None)
+        fq = self.queue.functions.get(name)
+        if fq is not None and fq in conn._fqs:
+            self._detachFunction(conn, fq)
+        return True
+
+    def _requeueUnregistered(self, conn, names, reason):
+        """The policy for jobs a worker runs of functions it gave up:
+        they go back to their queue at once.  One pass over the jobs of
+        the connection, whatever the number of ``names``."""
+        if not conn.related_jobs:
+            return
         for job in list(conn.related_jobs.values()):
             if job.worker_connection is conn and \
-                    (job._state & STATE) == RUNNING and job.name == name:
-                self._requeueJob(job, 'worker sent CANT_DO')
+                    (job._state & STATE) == RUNNING and job.name in names:
+                self._requeueJob(job, reason)
+
+    def _unregisterFunction(self, conn, name):
+        if self._dropFunction(conn, name):
+            self._requeueUnregistered(conn, (name,), 'worker sent CANT_DO')
 
     def handleCantDo(self, packet):
         self._unregisterFunction(packet.connection, packet.data)
 
     def handleResetAbilities(self, packet):
         conn = packet.connection
-        for name in list(conn.functions):
-            self._unregisterFunction(conn, name)
+        names = self._dropAllFunctions(conn)
+        if names:
+            self._requeueUnregistered(conn, names,
+                                      'worker sent RESET_ABILITIES')
+
+    def _dropAllFunctions(self, conn):
+        """Forget every function of ``conn`` (O(1) each); returns the
+        set of names it had."""
+        names = conn.functions
+        for fq in conn._fqs:
+            fq.workers -= 1
+            fq.sleepers.pop(conn, None)
+        conn._fqs = {}
+        conn.functions = conn._synced = set()
+        conn._timeouts = None
+        return names
+
+    def _syncFunctions(self, conn):
+        """Match the bookkeeping to ``conn.functions`` after a subclass's
+        hook replaced or edited that set, as gear 0.16 subclasses do
+        (Zuul's MASS_DO handler assigns a new set and adds every name).
+        O(functions of the worker), and only after such a change."""
+        names = conn.functions
+        held = {fq.name: fq for fq in conn._fqs}
+        lost = [name for name in held if name not in names]
+        for name in lost:
+            self._detachFunction(conn, held[name])
+        for name in names:
+            if name not in held:
+                self._attachFunction(conn, self.queue.function(name))
+        conn._synced = names
+        if lost:
+            self._requeueUnregistered(conn, set(lost),
+                                      'worker dropped the function')
 
     def handleSetClientID(self, packet):
         packet.connection.client_id = bytes(packet.data[:MAX_CLIENT_ID])

@@ -25,7 +25,8 @@ Call sites in the server (each behind ``if metrics is not None``):
 
 * loop turn start, when the job counter moved: :meth:`Recorder.mark`
   (server.py ``_pollTurns``);
-* bytes and messages read: ``bytes_in``/``packets_in`` (server.py
+* bytes read: ``bytes_in``, and ``packets_in`` taken from the message
+  scanner's count (``gear.protocol.MessageScanner.messages``) (server.py
   ``_processData``); bytes sent: ``bytes_out`` (``_flushConnection``);
   packets queued for sending: ``packets_out`` (``_send``, and the fast
   paths and ``_submit`` where they write replies themselves);

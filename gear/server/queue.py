@@ -120,6 +120,32 @@ class FunctionQueue(object):
             self.name, self.queued, self.epoch_count, self.running)
 
 
+class FunctionTable(dict):
+    """name -> FunctionQueue, that also reads as gear's set of names.
+
+    gear 0.16's ``Server.functions`` was a set of function names, and its
+    subclasses call ``server.functions.add(name)``: iteration and ``in``
+    already see names, and :meth:`add` creates the function's queue.
+    Being a plain dict otherwise keeps lookups at C speed.
+    """
+
+    __slots__ = ('_queue',)
+
+    def __init__(self, queue):
+        super(FunctionTable, self).__init__()
+        self._queue = queue
+
+    def add(self, name):
+        """Make ``name`` a known function (as ``set.add``)."""
+        if isinstance(name, str):
+            name = name.encode('utf8')
+        self._queue.function(name)
+
+    def discard(self, name):
+        """Forget ``name`` if nothing uses it (as ``set.discard``)."""
+        self._queue.dropFunction(name)
+
+
 class JobQueue(object):
     """All functions, all jobs, and the operations the server needs.
 
@@ -129,7 +155,7 @@ class JobQueue(object):
     """
 
     def __init__(self, handle_prefix=None):
-        self.functions = {}      # name -> FunctionQueue
+        self.functions = FunctionTable(self)  # name -> FunctionQueue
         # handle -> ServerJob; handles made of ``handle_prefix`` and the
         # counter are indexed by number (see gear.server.handles).
         self.jobs = HandleIndex(handle_prefix)
@@ -298,8 +324,9 @@ class JobQueue(object):
         Global priority first (HIGH of any function, then NORMAL, then
         LOW), FIFO within a (function, precedence), and round-robin across
         the functions: the function served moves to the end of ``fqs``
-        (the caller's own list, changed in place).  The job is left
-        DETACHED; :meth:`start` makes it RUNNING.
+        (the worker's rotation, a dict of FunctionQueue -> None, changed
+        in place in O(1)).  The job is left DETACHED; :meth:`start` makes
+        it RUNNING.
         """
         for p in PRECEDENCE_ORDER:
             if not self.queued[p]:
@@ -316,8 +343,8 @@ class JobQueue(object):
                     self.queued[p] -= 1
                     job._state = (job._state & FLAGS) | DETACHED
                     if i < len(fqs) - 1:
-                        del fqs[i]
-                        fqs.append(fq)
+                        del fqs[fq]
+                        fqs[fq] = None
                     return job
                 i += 1
         return None

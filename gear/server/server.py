@@ -26,14 +26,14 @@ import os
 import select
 import socket
 import ssl
-import struct
 import threading
 import time
 
 from gear import constants
-from gear.base import PACKET_HANDLERS, BaseClientServer
+from gear.base import PACKET_HANDLERS
 from gear.errors import ConfigurationError, ProtocolError
-from gear.protocol import DEFAULT_MAX_PACKET_SIZE, Packet
+from gear.protocol import (
+    DEFAULT_MAX_PACKET_SIZE, MessageScanner, Packet, PacketTooLarge)
 from gear.server import accepting
 from gear.server import admin as admin_mod
 from gear.server import fastpath
@@ -69,10 +69,6 @@ MAX_POLL_WAIT = 3600.0
 MAX_PREFIX = 63 - 21
 
 _packet_trusted = Packet._trusted
-_unpack_header = struct.Struct('!III').unpack_from
-_REQ_MAGIC = int.from_bytes(REQ, 'big')
-_RES_MAGIC = int.from_bytes(RES, 'big')
-MAX_ADMIN_LINE = 64 * 1024
 
 _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK)
 
@@ -83,8 +79,7 @@ def _default_prefix():
 
 
 class Server(handlers.PacketHandlers, scheduling.Scheduling,
-             fastpath.FastPaths, admin_mod.AdminHandlers,
-             BaseClientServer):
+             fastpath.FastPaths, admin_mod.AdminHandlers):
     """A Gearman job server.
 
     The positional arguments are gear's; everything after ``tcp_keepcnt``
@@ -218,6 +213,9 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self._store_flush = getattr(self.store, 'flush', None) \
             if self._persist else None
         self._store_acked = []
+        # Background jobs stored this turn but not committed yet; if the
+        # commit fails they never existed (see _commitStore).
+        self._uncommitted = {}
 
         self.statsd = None
         self.stats = None
@@ -231,8 +229,8 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
 
         self._debug = self.log.isEnabledFor(logging.DEBUG)
         self.lock = threading.RLock()
-        # BaseClientServer's state; its client threads are not used (this
-        # constructor does not call its __init__).
+        # Attributes gear's Server had from its client base class, kept
+        # for callers that read them (the server has no client threads).
         self.inactive_connections = []
         self.connection_index = -1
         self.connections_condition = threading.Condition()
@@ -340,7 +338,14 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         table = [self._invalidCommand] * (constants.MAX_TYPE + 1)
         for ptype, name in names.items():
             table[ptype] = getattr(self, name)
-        self._fast = self._buildFastHandlers(names, table)
+        # An override of handlePacket sees every packet (gear's contract).
+        self._hooked_packets = self._overridden('handlePacket')
+        fast = self._buildFastHandlers(names, table)
+        # Type 0 is no packet type: the same path as an unknown one.
+        fast[0] = self._typeZero
+        self._scanner = MessageScanner(fast, self._otherPacket,
+                                       self._adminLine,
+                                       self.max_packet_size)
         return table
 
     def _overridden(self, name):
@@ -543,8 +548,15 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
             self.writeToConnection(conn)
 
     def _commitStore(self):
+        """The store-commit rule: a background job is committed before
+        its JOB_CREATED leaves.  If the commit fails, the jobs of the
+        turn never existed: they leave every index (a retried submit
+        with the same unique is a fresh job), and every connection
+        acknowledged for them is closed instead."""
         acked = self._store_acked
+        uncommitted = self._uncommitted
         self._store_acked = []
+        self._uncommitted = {}
         metrics = self.metrics
         start = time.monotonic() if metrics is not None else 0.0
         try:
@@ -563,11 +575,19 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                     discard()
                 except Exception:
                     pass
+            for job in uncommitted:
+                if job.clients:
+                    # A foreground job some background submit adopted:
+                    # its own clients keep it, in memory only.
+                    job.background = False
+                else:
+                    self._finishJob(job, stored=False)
             for conn in acked:
                 if conn is None:  # a removal only
                     continue
                 conn.send_queue.clear()
                 self._lostConnection(conn)
+            self._updateStats()
 
     def _drainWakePipe(self):
         try:
@@ -701,87 +721,15 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self._lostConnection(conn)
 
     def _processData(self, conn, data):
-        """Handle every complete message in ``data`` (plus what an earlier
-        read left over), then stop reading from a peer that leaves its
-        replies unread; bad input closes the connection.
-
-        Messages are sliced straight out of the received bytes; only a
-        message cut by the end of a read is kept in ``input_buffer``
-        (``conn._partial`` says so without a call), which validates its
-        header as soon as the header is complete.  One function on
-        purpose: every call costs when the turn starts with cold caches.
-        """
-        messages = 0
-        received = len(data)
+        """Handle every complete message of ``data`` (after what an
+        earlier read left over), then stop reading from a peer that
+        leaves its replies unread; bad input closes the connection."""
         try:
-            buf = conn.input_buffer
-            if conn._partial:
-                buf.feed(data)
-                if self._processBuffered(conn, buf):
-                    messages = 1
-                    data = buf.unread()
-                    buf.clear()
-                    conn._partial = False
-                else:
-                    data = b''
-            pos = 0
-            end = len(data)
-            fast = self._fast
-            maxsize = self.max_packet_size
-            unpack = _unpack_header
-            req_magic = _REQ_MAGIC
-            while pos < end:
-                if conn.closed:
-                    break
-                if data[pos] == 0:
-                    if end - pos < 12:
-                        buf.feed(data[pos:])
-                        conn._partial = True
-                        buf.readPacket()  # validates what there is
-                        break
-                    magic, ptype, size = unpack(data, pos)
-                    request = magic == req_magic
-                    if not request and magic != _RES_MAGIC:
-                        raise ProtocolError("Invalid magic code %r" % (
-                            data[pos:pos + 4],))
-                    if ptype > 42 or ptype < 1:
-                        raise ProtocolError(
-                            "Invalid packet type %d" % ptype)
-                    if size > maxsize:
-                        self._oversized(conn, size)
-                        break
-                    stop = pos + 12 + size
-                    if stop > end:
-                        buf.feed(data[pos:])
-                        conn._partial = True
-                        break
-                    payload = data[pos + 12:stop]
-                    pos = stop
-                    messages += 1
-                    if request:
-                        fast[ptype](conn, payload)
-                    else:
-                        self.sendError(conn, b'INVALID_MAGIC',
-                                       b'Request magic expected')
-                else:
-                    nl = data.find(b'\n', pos)
-                    if nl < 0:
-                        if end - pos > MAX_ADMIN_LINE:
-                            raise ProtocolError("Admin line too long")
-                        buf.feed(data[pos:])
-                        conn._partial = True
-                        break
-                    line = data[pos:nl]
-                    pos = nl + 1
-                    messages += 1
-                    if line.endswith(b'\r'):
-                        line = line[:-1]
-                    self.handleAdminRequest(
-                        ServerAdminRequest._fromLine(conn, line))
+            conn._tail = self._scanner.scan(conn, data, conn._tail)
             metrics = self.metrics
             if metrics is not None:
-                metrics.bytes_in += received
-                metrics.packets_in += messages
+                metrics.bytes_in += len(data)
+                metrics.packets_in = self._scanner.messages
             pending = len(conn.send_queue)
             if pending > self.output_high_water and not conn.closed:
                 if pending > self.max_output_buffer:
@@ -793,7 +741,13 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                     # read most of its replies.
                     conn._paused = True
                     self._setEvents(conn, _EV_WRITE)
+        except PacketTooLarge as e:
+            self.sendError(conn, b'ARGUMENT_TOO_LARGE',
+                           b'Packet exceeds the maximum size')
+            self._flushConnection(conn)
+            self._protocolError(conn, e)
         except ProtocolError as e:
+            # A bad magic or an unknown type just closes, as gearmand.
             self._protocolError(conn, e)
         except _CloseConnection as e:
             self.log.info("Closing %s: %s", conn, e)
@@ -803,64 +757,57 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                                conn)
             self._lostConnection(conn)
 
-    def _processBuffered(self, conn, buf):
-        """Finish the message a previous read cut short.
-
-        Returns True once it was handled (the rest of the buffer can then
-        take the fast path), False while more bytes are needed.
-        """
-        if buf.nextIsBinary():
-            parsed = buf.readPacket()
-            if parsed is None:
-                return False
-            code, ptype, payload = parsed
-            if code == REQ:
-                self._fast[ptype](conn, payload)
-            else:
-                self.sendError(conn, b'INVALID_MAGIC',
-                               b'Request magic expected')
-            return True
-        line = buf.readLine()
-        if line is None:
-            return False
+    def _adminLine(self, conn, line):
         self.handleAdminRequest(ServerAdminRequest._fromLine(conn, line))
-        return True
 
-    def _oversized(self, conn, size):
-        self.sendError(conn, b'ARGUMENT_TOO_LARGE',
-                       b'Packet exceeds the maximum size')
-        self._flushConnection(conn)
-        self.log.info("Closing %s: packet of %d bytes exceeds the maximum "
-                      "of %d", conn, size, self.max_packet_size)
-        self._lostConnection(conn)
+    def _otherPacket(self, conn, request, ptype, payload):
+        """A well-framed packet no table entry takes: a request of a
+        type unknown here (a subclass's handlePacket may know it), or a
+        packet with response magic."""
+        if request:
+            if self._hooked_packets:
+                self._dispatchTimed(ptype, conn, payload)
+                return
+            raise ProtocolError("Invalid packet type %d" % ptype)
+        if not 1 <= ptype <= constants.MAX_TYPE:
+            raise ProtocolError("Invalid packet type %d" % ptype)
+        self.sendError(conn, b'INVALID_MAGIC', b'Request magic expected')
+
+    def _typeZero(self, conn, payload):
+        self._otherPacket(conn, True, 0, payload)
 
     def _dispatchPacket(self, hook, ptype, conn, payload):
         hook(_packet_trusted(REQ, ptype, payload, conn))
+        if conn.functions is not conn._synced or \
+                len(conn.functions) != len(conn._fqs):
+            self._syncFunctions(conn)
 
     def _dispatchTimed(self, ptype, conn, payload):
         self.handlePacket(_packet_trusted(REQ, ptype, payload, conn))
+        if conn.functions is not conn._synced or \
+                len(conn.functions) != len(conn._fqs):
+            self._syncFunctions(conn)
 
     def handlePacket(self, packet):
-        """Dispatch one packet by type, timing it for statistics."""
+        """Dispatch one packet by type, timing it for statistics.
+
+        A subclass that overrides this sees every request packet, of
+        any type, before the server handles it.
+        """
+        ptype = packet.ptype
+        handlers = self._handlers
+        handler = handlers[ptype] if 0 < ptype < len(handlers) \
+            else self._unknownPacket
         start = time.perf_counter()
         try:
-            self._handlers[packet.ptype](packet)
+            handler(packet)
         finally:
-            self.reportTimingStats(packet.ptype,
-                                   time.perf_counter() - start)
+            self.reportTimingStats(ptype, time.perf_counter() - start)
+
+    def _unknownPacket(self, packet):
+        raise ProtocolError("Invalid packet type %d" % packet.ptype)
 
     def _protocolError(self, conn, error):
-        # An oversized header gets an ERROR first; bad magic or type
-        # just closes, as gearmand does.
-        head = conn.input_buffer.unread()[:12]
-        if len(head) == 12 and head[:4] in (REQ, RES):
-            size = int.from_bytes(head[8:12], 'big')
-            ptype = int.from_bytes(head[4:8], 'big')
-            if 1 <= ptype <= constants.MAX_TYPE and \
-                    size > self.max_packet_size:
-                self.sendError(conn, b'ARGUMENT_TOO_LARGE',
-                               b'Packet exceeds the maximum size')
-                self._flushConnection(conn)
         self.log.info("Closing %s: %s", conn, error)
         self._lostConnection(conn)
 
@@ -1031,11 +978,7 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self._unregisterConnection(conn)
 
     def _unregisterConnection(self, conn):
-        for fq in conn._fqs:
-            fq.workers -= 1
-            fq.sleepers.pop(conn, None)
-        conn._fqs = []
-        conn.functions = set()
+        self._dropAllFunctions(conn)
         for job in list(conn.related_jobs.values()):
             if job.worker_connection is conn and \
                     (job._state & STATE) == RUNNING:

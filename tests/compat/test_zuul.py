@@ -289,7 +289,6 @@ def _read_packet(sock):
     return ptype, exactly(size)
 
 
-@needs_server_policy
 def test_mass_do_registers_every_function(request):
     server = start_server(zuul_like.MassDoServer)
     request.addfinalizer(lambda: stop(server))

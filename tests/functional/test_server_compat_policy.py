@@ -57,7 +57,6 @@ class SharedSemantics(object):
         self.server.functions.add(b'added')
         self.assertIn(b'added', self.server.functions)
 
-    @needs_server_policy
     def test_unknown_packet_types_reach_handle_packet(self):
         seen = []
 

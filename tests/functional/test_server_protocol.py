@@ -4,6 +4,7 @@ from gear import constants as c
 from gear.protocol import pack
 
 from tests.functional.test_server_base import ServerTestCase
+from tests.util import wait_for
 
 
 class TestSubmitAndWork(ServerTestCase):
@@ -234,6 +235,35 @@ class TestWorkerRegistration(ServerTestCase):
         self.assertIsNone(w1.grab())
         w1.canDo(b'fn')
         self.assertEqual(handle, w1.grab()[0])
+
+    def test_reregistration_of_many_functions(self):
+        client = self.connect()
+        w1 = self.connect()
+        w2 = self.connect()
+        names = [b'build:job-%04d' % i for i in range(2000)]
+        for worker in (w1, w2):
+            worker.canDo(*names)
+        w1.send(c.RESET_ABILITIES)
+        w1.send(c.CANT_DO, names[0])  # no longer held: ignored
+        w2.send(c.CANT_DO, names[1])
+        w1.canDo(*reversed(names))
+        status = w1.adminList(b'status')
+        self.assertIn(b'\n%s\t0\t0\t1\n' % names[1], status)
+        self.assertIn(b'\n%s\t0\t0\t2\n' % names[2], status)
+        self.assertEqual(len(names), status.count(b'\n') - 1)
+        # Functions are served in registration order (w1 registered
+        # them backwards), then round-robin.
+        first = client.submit(names[5], b'a', ptype=c.SUBMIT_JOB_BG)
+        second = client.submit(names[5], b'b', ptype=c.SUBMIT_JOB_BG)
+        other = client.submit(names[7], b'c', ptype=c.SUBMIT_JOB_BG)
+        later = client.submit(names[7], b'd', ptype=c.SUBMIT_JOB_BG)
+        self.assertEqual([other, first, later, second],
+                         [w1.grab()[0] for _ in range(4)])
+        w1.close()
+        w2.close()
+        watcher = self.connect()
+        wait_for(lambda: b'\t1\n' not in watcher.adminList(b'status'))
+        self.assertNotIn(b'\t2\n', watcher.adminList(b'status'))
 
     def test_set_client_id_shows_in_workers(self):
         worker = self.connect()

@@ -3,6 +3,7 @@
 import threading
 
 from gear import constants as c
+from gear.protocol import pack
 from gear.server.store import JobStore, StoredJob
 
 from tests.functional.test_server_base import ServerTestCase, wait_for
@@ -35,6 +36,31 @@ class RecordingStore(JobStore):
 
     def close(self):
         self.closed = True
+
+
+class GroupCommitStore(RecordingStore):
+    """Batches its rows per loop turn, as a group-committing store does;
+    ``fail_commits`` makes that many commits fail."""
+
+    def __init__(self):
+        super(GroupCommitStore, self).__init__()
+        self.pending = {}
+        self.fail_commits = 0
+        self.adds = []
+
+    def add(self, job):
+        self.adds.append((job.handle, job.unique))
+        self.pending[job.handle] = job.unique
+
+    def flush(self):
+        if self.fail_commits:
+            self.fail_commits -= 1
+            raise IOError('commit failed')
+        self.rows.update(self.pending)
+        self.pending = {}
+
+    def discard(self):
+        self.pending = {}
 
 
 class TestRequeue(ServerTestCase):
@@ -217,6 +243,26 @@ class TestStoreHooks(ServerTestCase):
         fg.close()
         wait_for(lambda: h not in server.jobs,
                  message='the abandoned foreground job dropped')
+
+    def test_failed_commit_leaves_no_job_behind(self):
+        store = GroupCommitStore()
+        server = self.makeServer(store=store)
+        store.fail_commits = 1
+        client = self.connect(server)
+        # A background submit, and a foreground one coalesced into it in
+        # the same read: neither is acknowledged when the commit fails.
+        client.sendRaw(pack(c.REQ, c.SUBMIT_JOB_BG, b'fn\x00u\x00d') +
+                       pack(c.REQ, c.SUBMIT_JOB, b'fn\x00u\x00d'))
+        self.assertRaises(EOFError, client.read)
+        wait_for(lambda: not server.jobs, message='the job forgotten')
+        self.assertEqual({}, store.rows)
+        # The retry is a fresh job, stored and committed before its ack.
+        retry = self.connect(server)
+        handle = retry.submit(b'fn', b'd', b'u', c.SUBMIT_JOB_BG)
+        self.assertEqual({handle: b'u'}, store.rows)
+        self.assertEqual(2, len(store.adds))
+        self.assertNotEqual(store.adds[0][0], handle)
+        self.assertEqual([handle], list(server.jobs))
 
     def test_replay_on_start(self):
         store = RecordingStore(rows=[

@@ -1,5 +1,6 @@
-"""Property tests of gear.protocol.InputBuffer, the parser every gear
-peer and the server's slow path use.
+"""Property tests of gear.protocol's two parsers: InputBuffer, which
+every gear client and worker uses, and MessageScanner, the job server's
+framing.
 
 * A valid stream, cut into arbitrary chunks, yields exactly its messages
   in order.
@@ -14,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 from gear import constants as C
 from gear.errors import ProtocolError
-from gear.protocol import InputBuffer, pack
+from gear.protocol import InputBuffer, MessageScanner, pack
 from tests.reliability import peers
 
 EXAMPLES = peers.scale(300, 3000)
@@ -63,6 +64,44 @@ def drain(buf, out):
             if line is None:
                 return
             out.append(('text', line))
+
+
+class Peer(object):
+    """What MessageScanner dispatches to: records every message."""
+
+    closed = False
+
+    def __init__(self):
+        self.out = []
+
+
+def _record_packet(ptype):
+    def handler(peer, payload):
+        peer.out.append(('bin', (C.REQ, ptype, payload)))
+    return handler
+
+
+def scanner(max_size=1 << 20, known=C.MAX_TYPE + 1):
+    """The server's shape: a table of request types, the rest aside."""
+    def other(peer, request, ptype, payload):
+        peer.out.append(('bin', (C.REQ if request else C.RES, ptype,
+                                 payload)))
+
+    def line(peer, text):
+        peer.out.append(('text', text))
+    return MessageScanner([_record_packet(t) for t in range(known)],
+                          other, line, max_size)
+
+
+def scan_in_chunks(scan, stream, cuts, peer):
+    start = 0
+    tail = None
+    for cut in sorted(set(c % (len(stream) + 1) for c in cuts)) + [
+            len(stream)]:
+        if cut > start:
+            tail = scan.scan(peer, stream[start:cut], tail)
+        start = cut
+    return tail
 
 
 def normal(message):
@@ -145,3 +184,87 @@ class TestInputBufferProperties(testtools.TestCase):
         out = []
         feed_in_chunks(buf, stream, cuts, out)
         self.assertEqual([normal(m) for m in msgs], out)
+
+
+class TestMessageScannerProperties(testtools.TestCase):
+    """The same properties for the server's framing, plus: every type
+    is framed (what it means is the server's business), and a stream
+    cut short keeps exactly its unfinished message as the tail."""
+
+    @settings(max_examples=EXAMPLES)
+    @given(messages, st.lists(st.integers(0, 10 ** 6), max_size=20),
+           st.integers(1, C.MAX_TYPE + 1))
+    def test_valid_stream_in_any_chunks(self, msgs, cuts, known):
+        stream = b''.join(m[2] for m in msgs)
+        peer = Peer()
+        tail = scan_in_chunks(scanner(known=known), stream, cuts, peer)
+        self.assertEqual([normal(m) for m in msgs], peer.out)
+        self.assertIsNone(tail)
+
+    @settings(max_examples=EXAMPLES)
+    @given(messages, st.integers(0, 10 ** 6),
+           st.sampled_from(['flip', 'insert', 'delete', 'cut']),
+           st.binary(min_size=1, max_size=16),
+           st.lists(st.integers(0, 10 ** 6), max_size=20),
+           st.sampled_from([64, 1024, 1 << 20]))
+    def test_damaged_stream(self, msgs, where, how, junk, cuts, max_size):
+        stream = b''.join(m[2] for m in msgs)
+        at = where % (len(stream) + 1)
+        if how == 'flip' and at < len(stream):
+            damaged = stream[:at] + bytes([stream[at] ^ (junk[0] or 1)]) + \
+                stream[at + 1:]
+        elif how == 'insert':
+            damaged = stream[:at] + junk + stream[at:]
+        elif how == 'delete':
+            damaged = stream[:at] + stream[at + len(junk):]
+        else:
+            damaged = stream[:at]
+        intact = []
+        end = 0
+        for m in msgs:
+            end += len(m[2])
+            if end > at:
+                break
+            intact.append(normal(m))
+        limit = max_size
+        for m in intact:
+            if m[0] == 'bin' and len(m[1][2]) > limit:
+                limit = 1 << 20
+        peer = Peer()
+        try:
+            scan_in_chunks(scanner(limit), damaged, cuts, peer)
+        except ProtocolError:
+            pass
+        self.assertEqual(intact, peer.out[:len(intact)])
+
+    @settings(max_examples=peers.scale(30, 300))
+    @given(st.lists(st.integers(0, 70000), min_size=1, max_size=12),
+           st.lists(st.integers(0, 10 ** 7), max_size=30))
+    def test_large_packets_in_pieces(self, sizes, cuts):
+        msgs = []
+        for i, size in enumerate(sizes):
+            payload = bytes([i % 251]) * size
+            msgs.append(('bin', (C.REQ, C.SUBMIT_JOB, payload),
+                         pack(C.REQ, C.SUBMIT_JOB, payload)))
+        stream = b''.join(m[2] for m in msgs)
+        peer = Peer()
+        scan_in_chunks(scanner(), stream, cuts, peer)
+        self.assertEqual([normal(m) for m in msgs], peer.out)
+
+    @settings(max_examples=EXAMPLES)
+    @given(messages, st.integers(1, 300))
+    def test_cut_stream_keeps_the_unfinished_message(self, msgs, cut):
+        stream = b''.join(m[2] for m in msgs)
+        if not msgs:
+            return
+        last = msgs[-1][2]
+        keep = len(last) - 1 - (cut % len(last))
+        head = stream[:len(stream) - len(last) + keep]
+        peer = Peer()
+        tail = scan_in_chunks(scanner(), head, [], peer)
+        self.assertEqual([normal(m) for m in msgs[:-1]], peer.out)
+        self.assertEqual(last[:keep] or None,
+                         None if tail is None else bytes(tail))
+        tail = scanner().scan(peer, last[keep:], tail)
+        self.assertIsNone(tail)
+        self.assertEqual([normal(m) for m in msgs], peer.out)

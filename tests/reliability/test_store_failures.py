@@ -6,8 +6,8 @@ process and is killed with SIGKILL and restarted on the same file.  The
 rule under test: nothing is acknowledged that is not committed, nothing
 acknowledged is lost, and nothing finished is run again.
 
-Some of these wait for the server core's commit rule (issue 16, defects
-1 and 2) and are marked xfail with that reason until it lands.
+Some of these wait for the server core's commit rule (issue 16,
+defect 2) and are marked xfail with that reason until it lands.
 """
 
 import sqlite3
@@ -22,7 +22,6 @@ from tests.reliability import fsfail, peers, servers
 COMMIT_FAILED = 'Job store commit failed'
 TIMEOUT = 30.0
 
-DEFECT_1 = 'commit rule: issue 16 defect 1'
 DEFECT_2 = 'commit rule: issue 16 defect 2'
 
 
@@ -152,7 +151,6 @@ class TestDiskFull(StoreFailureTestCase):
         self.assertCommitsFailed()
         self.assertEqual([('error', b'QUEUE_ERROR')] * 10, answers)
 
-    @pytest.mark.xfail(strict=True, reason=DEFECT_1)
     def test_retried_unique_is_acknowledged_only_once_stored(self):
         self.start()
         self.fs.fill()
@@ -169,7 +167,6 @@ class TestDiskFull(StoreFailureTestCase):
         self.crash_and_restart()
         self.assertEqual(['retried'], work(self.port, 'bg', 10))
 
-    @pytest.mark.xfail(strict=True, reason=DEFECT_1)
     def test_no_acknowledged_job_is_lost_when_the_disk_fills_and_frees(self):
         # A client that retries each job with its unique until the
         # server acknowledges it (or it gives up), as gear.Client does,
@@ -198,7 +195,6 @@ class TestReadOnly(StoreFailureTestCase):
     filesystem = fsfail.BreakableExt4
     options = ('--store-sync', 'full')
 
-    @pytest.mark.xfail(strict=True, reason=DEFECT_1)
     def test_nothing_acknowledged_is_lost_on_a_read_only_disk(self):
         self.start()
         acked = []

@@ -52,7 +52,8 @@ class SmokeMixin(object):
         code, lines, err = run_loadgen(
             '--scenario', 'all', '--servers', self.server,
             '--n', str(SMOKE_N), '--deep-n', str(SMOKE_DEEP_N),
-            '--probes', '3', '--stall-timeout', '20', '--timeout', '60')
+            '--probes', '3', '--stall-timeout', '20', '--timeout', '60',
+            '--reg-workers', '2', '--reg-functions', str(SMOKE_N // 2))
         runs = [r for r in lines if not r.get('summary')]
         summaries = [r for r in lines if r.get('summary')]
         self.assertEqual(0, code, (lines, err))
@@ -70,6 +71,12 @@ class SmokeMixin(object):
         by_name = {r['scenario']: r for r in runs}
         for scenario in ('pipeline', 'roundtrip'):
             self.assertIn('latency_p99_us', by_name[scenario])
+        for scenario in ('registration', 'registration-flood'):
+            reg = by_name[scenario]
+            self.assertEqual(2, reg['reg_workers'])
+            for phase in ('register', 'reset', 'reregister'):
+                self.assertGreater(reg['%s_seconds' % phase], 0)
+            self.assertGreater(reg['rt_idle_samples'], 0)
         deep = by_name['deepqueue']
         for key in ('enqueue_rate_first10', 'enqueue_rate_last10',
                     'rss_delta_per_job_bytes', 'grab_us_shallow',
@@ -92,7 +99,8 @@ class SmokeMixin(object):
         summaries = [r for r in lines if r.get('summary')]
         self.assertEqual(list(library.SCENARIOS),
                          [r['scenario'] for r in runs])
-        self.assertEqual([('deepqueue', 'library')],
+        self.assertEqual([(s, 'library') for s in loadgen.SCENARIOS
+                          if s not in library.SCENARIOS],
                          [(r['scenario'], r['load']) for r in skipped])
         for record in runs:
             self.assertEqual('library', record['load'])

@@ -169,12 +169,14 @@ class TestDocsBuild(testtools.TestCase):
 
     def test_architecture_diagrams_are_drawn(self):
         svgs = self.diagrams('architecture.html')
-        self.assertEqual(3, len(svgs), 'architecture, layers, foreground')
+        self.assertEqual(4, len(svgs),
+                         'architecture, layers, foreground, server core')
         for svg in svgs:
             self.assertIn('<svg', svg)
         self.assertIn('job server', svgs[0])
         self.assertIn('gear.protocol', svgs[1])
         self.assertIn('JOB_ASSIGN_UNIQ', svgs[2])
+        self.assertIn('Operations', svgs[3])
         # The ASCII art they replace is gone.
         self.assertNotIn('-------------------------&gt;',
                          self.page('architecture.html'))
@@ -301,7 +303,8 @@ class TestDocExamples(testtools.TestCase):
     @staticmethod
     def _stopLeftovers(namespace):
         for obj in list(namespace.values()):
-            if isinstance(obj, gear.BaseClientServer) and obj.running:
+            if isinstance(obj, (gear.BaseClientServer, gear.Server)) and \
+                    obj.running:
                 obj.shutdown()
 
 

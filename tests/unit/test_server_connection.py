@@ -165,7 +165,10 @@ class TestServerAdminRequest(testtools.TestCase):
         self.assertEqual((False, None), req.isComplete(b'stat'))
         self.assertEqual((True, b'rest'), req.isComplete(b'status\r\nrest'))
         self.assertEqual(b'status', req.command)
-        self.assertIsInstance(req, gear.AdminRequest)
+        # A request received, not one a client sends: none of a client
+        # AdminRequest's members that could not work here.
+        self.assertNotIsInstance(req, gear.AdminRequest)
+        self.assertFalse(hasattr(req, 'waitForResponse'))
 
 
 class TestSubject(testtools.TestCase):

@@ -43,7 +43,8 @@ class QueueTestCase(testtools.TestCase):
         return job
 
     def fqs(self, *names):
-        return [self.q.function(n) for n in names]
+        # A worker's rotation: insertion-ordered, O(1) to move an entry.
+        return dict.fromkeys(self.q.function(n) for n in names)
 
 
 class TestSelection(QueueTestCase):
@@ -89,7 +90,7 @@ class TestSelection(QueueTestCase):
         later = self.submit(b'f', when=1000, now=500)
         now_job = self.submit(b'f', now=500)
         fqs = self.fqs(b'f')
-        fq = fqs[0]
+        fq = self.q.function(b'f')
         self.assertEqual(1, fq.epoch_count)
         self.assertEqual(2, fq.waiting(NORMAL))
         self.assertEqual(2, fq.total)
@@ -365,3 +366,24 @@ class TestServerJob(testtools.TestCase):
         self.assertFalse(job.running)
         q.start(q.take([q.function(b'n')]), 'w')
         self.assertTrue(job.running)
+
+
+class TestFunctionTable(QueueTestCase):
+    """Server.functions also behaves as gear 0.16's set of names."""
+
+    def test_add_and_discard_like_a_set(self):
+        functions = self.q.functions
+        functions.add(b'a')
+        functions.add('b')
+        functions.add(b'a')
+        self.assertEqual([b'a', b'b'], sorted(functions))
+        self.assertIn(b'b', functions)
+        self.assertEqual(b'a', functions[b'a'].name)
+        functions.discard(b'b')
+        functions.discard(b'missing')
+        self.assertEqual([b'a'], list(functions))
+
+    def test_discard_keeps_a_function_in_use(self):
+        self.submit(b'busy')
+        self.q.functions.discard(b'busy')
+        self.assertIn(b'busy', self.q.functions)
