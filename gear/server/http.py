@@ -2,9 +2,10 @@
 
 One thread runs a small non-blocking HTTP/1.x server (``selectors``, GET
 and HEAD only, one request per connection).  It never holds up the job
-loop: it takes a snapshot of the server under ``server.lock`` with a
-bounded wait, at most once per ``max_age`` seconds however many scrapers
-ask, and serves the last good snapshot when the loop is busy.  Rendered
+loop: it asks the loop for a copy of the server's state (taken at the
+start of a turn) and waits for it a bounded time, at most once per
+``max_age`` seconds however many scrapers ask, and serves the last good
+snapshot when the loop does not answer in time.  Rendered
 answers are cached with their snapshot, so a thousand concurrent scrapes
 cost one snapshot and one rendering.
 
@@ -76,7 +77,7 @@ class _Client(object):
 
 
 class StatusSource(object):
-    """Snapshots of one server, taken under its lock and cached.
+    """Snapshots of one server, copied by its loop and cached.
 
     :arg server: a running :class:`gear.Server` with ``metrics`` on.
     :arg max_age: a snapshot younger than this is served as is.  On a
@@ -85,7 +86,7 @@ class StatusSource(object):
         :data:`COST_FACTOR` times what the previous one cost, so that the
         HTTP side never takes more than a small share of the
         interpreter from the job loop.
-    :arg wait: how long to wait for the server lock before serving the
+    :arg wait: how long to wait for the loop's copy before serving the
         previous snapshot instead.
     """
 
@@ -102,15 +103,35 @@ class StatusSource(object):
         self._rendered = {}
         self._mutex = threading.Lock()
 
-    def _take(self):
+    def _capture(self):
+        """Ask the loop for a copy of the server's state, and wait for it
+        at most ``wait`` seconds.
+
+        The loop takes the copy at the start of a turn, between packets,
+        so the job traffic never waits for the server lock; a stopped
+        loop's state is copied under the lock.
+        """
         server = self.server
         recorder = server.metrics
-        if not server.lock.acquire(timeout=self.wait):
+        if not server.poll_thread.is_alive():
+            if not server.lock.acquire(timeout=self.wait):
+                return None
+            try:
+                return metrics_mod.capture(server, recorder)
+            finally:
+                server.lock.release()
+        request = metrics_mod.CaptureRequest()
+        recorder.capture_request = request
+        server._kick()
+        if not request.done.wait(self.wait):
             return None
-        try:
-            raw = metrics_mod.capture(server, recorder)
-        finally:
-            server.lock.release()
+        return request.raw
+
+    def _take(self):
+        server = self.server
+        raw = self._capture()
+        if raw is None:
+            return None
         snap = metrics_mod.build(raw, self.version)
         snap['up'] = snap['up'] and server.poll_thread.is_alive()
         snap['history'] = {'interval': SAMPLE_INTERVAL,
@@ -187,8 +208,8 @@ class HTTPServer(object):
     :arg port: the port (0 picks a free one; ``self.port`` says which).
     :arg float max_age: seconds a snapshot of the server is served
         before a new one is taken.
-    :arg float snapshot_wait: how long to wait for the server's lock
-        before serving the previous snapshot.
+    :arg float snapshot_wait: how long to wait for the loop's copy of
+        the server's state before serving the previous snapshot.
     :arg float client_timeout: seconds a client has to send its request
         and read the answer.
     :arg int max_clients: connections served at once; more are closed.

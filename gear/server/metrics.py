@@ -16,9 +16,10 @@ million jobs costs no memory here; a wait is known to within a loop turn
 (at most :data:`MARK_RESOLUTION` while submissions stream in).
 
 :func:`snapshot` turns the server's queues, connections and the
-recorder's counters into plain data (dicts, lists, numbers, str).  It must
-run on the loop thread or under the server lock; the HTTP thread
-(:mod:`gear.server.http`) calls it under the lock with a bounded wait.
+recorder's counters into plain data (dicts, lists, numbers, str).  Its
+copying half, :func:`capture`, runs on the loop thread: the HTTP thread
+(:mod:`gear.server.http`) leaves a :class:`CaptureRequest` that the loop
+serves at the start of its next turn, and formats the copy itself.
 :mod:`gear.server.exposition` turns a snapshot into Prometheus metrics.
 
 Call sites in the server (each behind ``if metrics is not None``):
@@ -42,12 +43,15 @@ Call sites in the server (each behind ``if metrics is not None``):
   ``_requeueJob``); a CAN_DO_TIMEOUT: :meth:`Recorder.timedOut`
   (scheduling ``_jobTimedOut``);
 * a store commit: :meth:`Recorder.committed` (server.py
-  ``_commitStore``).
+  ``_commitStore``);
+* a snapshot asked for by the HTTP thread: :meth:`Recorder.serveCapture`
+  (server.py ``_pollTurns``, at the start of a turn).
 """
 
 import bisect
 import collections
 import itertools
+import threading
 import time
 
 from gear import constants
@@ -165,6 +169,9 @@ class Recorder(object):
         self.commits = [0] * (len(COMMIT_BOUNDS) + 1)
         self.commit_sum = 0.0
         self.commit_failures = 0
+        #: A :class:`CaptureRequest` another thread left for the loop,
+        #: which serves it at the start of its next turn.
+        self.capture_request = None
 
     def start(self, max_handle):
         """The server is ready (its stored jobs replayed): jobs numbered
@@ -354,6 +361,24 @@ class Recorder(object):
 
     def runningSince(self, job):
         return self._running.get(job)
+
+    def serveCapture(self, server):
+        """On the loop thread: answer the pending capture request."""
+        request = self.capture_request
+        self.capture_request = None
+        if request is not None:
+            try:
+                request.raw = capture(server, self)
+            finally:
+                request.done.set()
+
+
+class CaptureRequest(object):
+    """A :func:`capture` asked of the loop thread by another thread."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.raw = None
 
 
 # -- snapshots ----------------------------------------------------------------

@@ -504,6 +504,8 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                     metrics.now = monotonic()
                     if queue.max_handle != metrics.marked:
                         metrics.mark(queue.max_handle)
+                    if metrics.capture_request is not None:
+                        metrics.serveCapture(self)
                 for fd, ev in events:
                     conn = fdmap.get(fd)
                     if conn is None:
