@@ -16,10 +16,10 @@ import threading
 import time
 
 from gear import constants
-from gear.connection import Connection
+from gear.connection import Connection, UntrackedRequest, reply_key
 from gear.errors import (
     ConfigurationError, ConnectionError, NoConnectedServersError,
-    TimeoutError)
+    TimeoutError, UnknownJobError)
 from gear.protocol import Packet
 from gear.util import convert_to_bytes, to_text
 
@@ -388,6 +388,11 @@ class BaseClientServer(object):
                     self.handlePacket(message)
                 else:
                     self.handleAdminRequest(message)
+            except UnknownJobError:
+                # A reply or update about a job this side does not
+                # follow (handlers raise it as gear always did).
+                self.log.debug("%s from %s names an unknown job", message,
+                               conn)
             except Exception:
                 # A handler bug or bad data in one message: keep going.
                 self.log.exception("Exception while handling %s from %s",
@@ -578,11 +583,19 @@ class BaseClient(BaseClientServer):
             raise
 
     def _takeReply(self, packet):
-        """The task ``packet`` answers on its connection, or None."""
+        """The task ``packet`` answers on its connection, or None.
+
+        None also when the request it answers was sent without a task
+        (a plain ``Connection.sendPacket``): only the ``handle*`` method
+        sees such a reply.
+        """
         conn = packet.connection
         if conn is None:
             return None
-        return conn._takeReplyTask(packet.ptype)
+        task = conn._takeReplyTask(packet.ptype, reply_key(packet))
+        if isinstance(task, UntrackedRequest):
+            return None
+        return task
 
     def handleEchoRes(self, packet):
         self._takeReply(packet)
@@ -596,6 +609,12 @@ class BaseClient(BaseClientServer):
 
     def handleError(self, packet):
         """Fail the request this ERROR answers, or log it.
+
+        Servers answer a connection's requests in order and an ERROR
+        takes the place of the reply, so it answers the oldest request
+        still awaiting one, whether sent with a task or not (then it is
+        only logged).  ``JOB_NOT_FOUND`` is sent only about WORK_*
+        packets, which have no reply: it answers no request.
 
         Never drops the connection: an ERROR can also refer to a packet
         that has no reply of its own (e.g. a late WORK_COMPLETE).

@@ -1,7 +1,6 @@
 """The Gearman client: submit jobs and follow them to completion."""
 
 import collections
-import datetime
 import logging
 import threading
 import time
@@ -12,36 +11,16 @@ from gear.base import BaseClient
 from gear.connection import (
     GetStatusTask, GetStatusUniqueTask, OptionReqTask, SubmitJobTask)
 from gear.errors import (
-    ConfigurationError, ConnectionError, GearmanError,
-    NoConnectedServersError, TimeoutError, UnknownJobError)
-from gear.protocol import Packet
+    ConnectionError, GearmanError, NoConnectedServersError, TimeoutError,
+    UnknownJobError)
+from gear.protocol import (
+    Packet, fraction, status_fields, submit_request, work_handle)
 from gear.util import convert_to_bytes, to_text
-
-_PRECEDENCES = (constants.PRECEDENCE_NORMAL, constants.PRECEDENCE_LOW,
-                constants.PRECEDENCE_HIGH)
-
-
-def _epoch_seconds(when):
-    if isinstance(when, datetime.datetime):
-        if when.tzinfo is None or when.utcoffset() is None:
-            raise ConfigurationError("when must be an aware datetime")
-        return int(when.timestamp())
-    if isinstance(when, bool) or not isinstance(when, (int, float)):
-        raise ConfigurationError(
-            "when must be epoch seconds or an aware datetime")
-    return int(when)
 
 
 def _handle_of(packet):
-    """The job handle of a WORK_* packet.
-
-    gearmand's WORK_FAIL made from a WORK_EXCEPTION carries a stray
-    trailing NUL after the handle; tolerate it.
-    """
-    handle = packet.getArgument(0)
-    if handle.endswith(b'\x00'):
-        handle = handle.rstrip(b'\x00')
-    return handle
+    """The job handle of a WORK_* packet (see protocol.work_handle)."""
+    return work_handle(packet.getArgument(0))
 
 
 class Client(BaseClient):
@@ -119,25 +98,16 @@ class Client(BaseClient):
         :raises NoConnectedServersError: no server is connected.
         :raises GearmanError: no connected server accepted the job.
         """
-        if precedence not in _PRECEDENCES:
-            raise ConfigurationError("Invalid precedence value")
         unique = job.binary_unique
         if background and unique is None:
             # Without a unique, gearmand's persistent queues would let
             # such jobs overwrite one another.
             unique = uuid.uuid4().hex.encode('ascii')
             job._unique = unique
-        fields = [job.binary_name, unique or b'']
-        if when is not None:
-            if not background or precedence != constants.PRECEDENCE_NORMAL:
-                raise ConfigurationError(
-                    "when= needs background=True and normal precedence")
-            ptype = constants.SUBMIT_JOB_EPOCH
-            fields.append(str(_epoch_seconds(when)).encode('ascii'))
-        else:
-            ptype = constants.SUBMIT_TYPE_FOR[(precedence, bool(background))]
-        fields.append(bytes(job.binary_arguments))
-        packet = Packet(constants.REQ, ptype, b'\x00'.join(fields))
+        ptype, payload = submit_request(
+            job.binary_name, unique, job.binary_arguments, background,
+            precedence, when)
+        packet = Packet(constants.REQ, ptype, payload)
 
         conns = self._connectionsInTurn()
         if not conns:
@@ -459,28 +429,28 @@ class Client(BaseClient):
     def _setProgress(job, numerator, denominator):
         job.numerator = numerator
         job.denominator = denominator
-        try:
-            job.fraction_complete = float(numerator) / float(denominator)
-        except (TypeError, ValueError, ZeroDivisionError):
-            job.fraction_complete = None
+        job.fraction_complete = fraction(numerator, denominator)
 
     def handleStatusRes(self, packet):
+        """Update the job a STATUS_RES is about and return it.
+
+        The job is the one getStatus() asked about or, for a status
+        request sent without a task (a plain ``sendPacket``), the job this
+        connection follows under that handle.
+
+        :raises UnknownJobError: no such job is followed here (as gear
+            0.16 did; subclasses catch it to detect lost jobs).
+        """
         task = self._takeReply(packet)
         if isinstance(task, GetStatusTask):
             job = task.job
         else:
             if task is not None:
                 task.fail()
-            try:
-                job = packet.getJob()
-            except UnknownJobError:
-                self.log.debug("STATUS_RES for an unknown job: %s", packet)
-                return None
-        args = packet.arguments
-        job.known = (args[1] == b'1')
-        job.running = (args[2] == b'1')
-        self._setProgress(job, args[3] if len(args) > 3 else None,
-                          args[4] if len(args) > 4 else None)
+            job = packet.getJob()
+        job.known, job.running, numerator, denominator = status_fields(
+            packet.arguments)
+        self._setProgress(job, numerator, denominator)
         if task is not None:
             task.setComplete()
         return job

@@ -41,17 +41,67 @@ _NO_LOCK = contextlib.nullcontext()
 _allocate_lock = threading.Lock
 
 
+# Request type -> the reply type that answers it.
+REPLY_TYPES = dict(
+    [(ptype, constants.JOB_CREATED) for ptype in constants.SUBMIT_TYPES] +
+    [(constants.SUBMIT_JOB_SCHED, constants.JOB_CREATED),
+     (constants.SUBMIT_JOB_EPOCH, constants.JOB_CREATED),
+     (constants.SUBMIT_REDUCE_JOB, constants.JOB_CREATED),
+     (constants.SUBMIT_REDUCE_JOB_BACKGROUND, constants.JOB_CREATED),
+     (constants.GET_STATUS, constants.STATUS_RES),
+     (constants.GET_STATUS_UNIQUE, constants.STATUS_RES_UNIQUE),
+     (constants.OPTION_REQ, constants.OPTION_RES),
+     (constants.ECHO_REQ, constants.ECHO_RES)])
+
+# Reply types that name what they answer: the handle (STATUS_RES), the
+# unique (STATUS_RES_UNIQUE), the option or the echoed data.  JOB_CREATED
+# names nothing: submissions are matched by their order alone.
+_KEYED_BY_FIRST_ARGUMENT = frozenset((constants.STATUS_RES,
+                                      constants.STATUS_RES_UNIQUE))
+_KEYED_BY_PAYLOAD = frozenset((constants.OPTION_RES, constants.ECHO_RES))
+
+
+def _normal_key(reply_type, key):
+    if key is not None and reply_type == constants.OPTION_RES:
+        # Option names are not case-sensitive.
+        return bytes(key).lower()
+    return key
+
+
+def request_key(ptype, data):
+    """The key a reply to a request of type ``ptype`` will carry."""
+    reply_type = REPLY_TYPES.get(ptype)
+    if reply_type in _KEYED_BY_PAYLOAD:
+        return _normal_key(reply_type, data)
+    if reply_type in _KEYED_BY_FIRST_ARGUMENT:
+        return bytes(data).split(b'\x00', 1)[0]
+    return None
+
+
+def reply_key(packet):
+    """The key of a reply packet (None for JOB_CREATED and ERROR)."""
+    ptype = packet.ptype
+    if ptype in _KEYED_BY_PAYLOAD:
+        return _normal_key(ptype, packet.data)
+    if ptype in _KEYED_BY_FIRST_ARGUMENT:
+        return packet.getArgument(0)
+    return None
+
+
 class Task(object):
     """A request sent on one connection that awaits exactly one reply.
 
-    The connection keeps its tasks in send order (``pending_tasks``):
-    servers answer in order, so each reply belongs to the oldest task,
-    and a reply of another kind proves that older tasks will never be
-    answered (see ``Connection._takeReplyTask()``).
+    The connection keeps its tasks in send order (``pending_tasks``).
+    A reply goes to the oldest task of its reply type whose key it
+    carries (see ``Connection._takeReplyTask()``); an ERROR goes to
+    the oldest task of all.
     """
 
     #: The packet type that answers this request (ERROR answers any).
     reply_type = None
+    #: What the reply names (handle, unique, option or echoed data);
+    #: None matches any reply of the type.
+    key = None
 
     def __init__(self):
         # The waiter blocks on a plain lock created held, and whoever
@@ -128,6 +178,20 @@ class Task(object):
             return True
 
 
+class UntrackedRequest(Task):
+    """A request sent with :meth:`Connection.sendPacket`, without a task.
+
+    Nobody waits for it; it only holds its place in ``pending_tasks`` so
+    that its reply (or ERROR) cannot be taken for another request's.  The
+    reply still reaches the ``handle*`` method of its type.
+    """
+
+    def __init__(self, reply_type, key):
+        super(UntrackedRequest, self).__init__()
+        self.reply_type = reply_type
+        self.key = key
+
+
 class SubmitJobTask(Task):
     """A SUBMIT_JOB* awaiting its JOB_CREATED."""
 
@@ -147,6 +211,7 @@ class OptionReqTask(Task):
     def __init__(self, option=None):
         super(OptionReqTask, self).__init__()
         self.option = option
+        self.key = _normal_key(self.reply_type, option)
 
 
 class GetStatusTask(Task):
@@ -157,6 +222,7 @@ class GetStatusTask(Task):
     def __init__(self, job):
         super(GetStatusTask, self).__init__()
         self.job = job
+        self.key = job.handle
 
 
 class GetStatusUniqueTask(Task):
@@ -167,6 +233,7 @@ class GetStatusUniqueTask(Task):
     def __init__(self, unique):
         super(GetStatusUniqueTask, self).__init__()
         self.unique = unique
+        self.key = unique
         self.result = None
 
 
@@ -178,6 +245,7 @@ class EchoTask(Task):
     def __init__(self, data):
         super(EchoTask, self).__init__()
         self.data = data
+        self.key = data
 
 
 class _EchoWaiter(object):
@@ -266,6 +334,11 @@ class Connection(object):
         # Re-entrant, so that "append the awaited reply and send" can be
         # one atomic step around sendPacket().
         self.send_lock = threading.RLock()
+        # Guards pending_tasks.  Not send_lock: the poll thread must be
+        # able to take replies while a sender waits for a full socket.
+        self._tasks_lock = threading.Lock()
+        # True only inside sendRequest(), with send_lock held.
+        self._sending_request = False
         self._admin_lock = threading.Lock()
         # OpenSSL objects must not be used by two threads at once; plain
         # sockets need no lock.
@@ -422,11 +495,10 @@ class Connection(object):
 
     def _failOutstanding(self):
         """Wake everyone waiting on a reply from this socket."""
-        while self.pending_tasks:
-            try:
-                task = self.pending_tasks.popleft()
-            except IndexError:
-                break
+        with self._tasks_lock:
+            tasks = list(self.pending_tasks)
+            self.pending_tasks.clear()
+        for task in tasks:
             task.fail()
         with self.echo_lock:
             waiters = list(self.echo_conditions.values())
@@ -664,8 +736,24 @@ class Connection(object):
                     deadline = None
 
     def sendPacket(self, packet):
-        """Send a :class:`~gear.protocol.Packet`."""
-        self.sendRaw(packet.toBinary())
+        """Send a :class:`~gear.protocol.Packet`.
+
+        A request that has a reply (a submission, GET_STATUS, OPTION_REQ,
+        ECHO_REQ...) sent this way keeps its place among the requests
+        awaiting replies, so that its reply is never taken for another
+        request's; the reply reaches the ``handle*`` method of its type.
+        """
+        reply_type = REPLY_TYPES.get(packet.ptype)
+        if reply_type is None:
+            self.sendRaw(packet.toBinary())
+            return
+        with self.send_lock:
+            if self._sending_request:
+                # sendRequest() already recorded the task.
+                self.sendRaw(packet.toBinary())
+                return
+            self.sendRequest(packet, UntrackedRequest(
+                reply_type, request_key(packet.ptype, packet.data)))
 
     def sendRequest(self, packet, task):
         """Send a packet that expects a reply, recording ``task`` for it.
@@ -674,35 +762,54 @@ class Connection(object):
         get their replies crossed.
         """
         with self.send_lock:
-            self.pending_tasks.append(task)
+            with self._tasks_lock:
+                self.pending_tasks.append(task)
+            self._sending_request = True
             try:
                 self.sendPacket(packet)
             except Exception:
-                try:
-                    self.pending_tasks.remove(task)
-                except ValueError:
-                    pass
+                with self._tasks_lock:
+                    try:
+                        self.pending_tasks.remove(task)
+                    except ValueError:
+                        pass
                 raise
+            finally:
+                self._sending_request = False
         return task
 
-    def _takeReplyTask(self, ptype):
+    def _takeReplyTask(self, ptype, key=None):
         """Return the task a reply of type ``ptype`` answers, or None.
 
-        Replies arrive in request order, so a reply of another kind than
-        the oldest task expects means that task was skipped by the server
-        (it will never be answered): it is retired as failed.
+        The reply belongs to the oldest task expecting that type with
+        that ``key`` (None: any key).  An ERROR takes the place of a
+        reply, so it belongs to the oldest task of all.  A reply that
+        matches no task (sent about a request this connection never
+        recorded) takes none.
+
+        Servers answer each connection's requests in order, so tasks
+        older than the one answered were skipped (a server that does not
+        implement that request): they are retired as failed.
         """
-        tasks = self.pending_tasks
-        while True:
-            try:
-                task = tasks.popleft()
-            except IndexError:
+        with self._tasks_lock:
+            tasks = self.pending_tasks
+            if not tasks:
                 return None
-            if ptype == constants.ERROR or task.reply_type == ptype:
-                return task
+            if ptype == constants.ERROR:
+                return tasks.popleft()
+            for index, task in enumerate(tasks):
+                if task.reply_type == ptype and (
+                        key is None or task.key is None or task.key == key):
+                    break
+            else:
+                return None
+            skipped = [tasks.popleft() for _ in range(index)]
+            tasks.popleft()
+        for old in skipped:
             self.log.debug("Retiring %s on %s: the server answered a later"
-                           " request first", task, self)
-            task.fail()
+                           " request first", old, self)
+            old.fail()
+        return task
 
     # Admin protocol
 

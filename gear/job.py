@@ -120,7 +120,7 @@ class Job(BaseJob):
 
     __slots__ = ('_data', '_exception', 'warning', 'complete', 'failure',
                  'numerator', 'denominator', 'fraction_complete', 'known',
-                 'running', 'disconnected', '_ended')
+                 'running', 'disconnected', '__ended')
 
     def __init__(self, name, arguments, unique=None):
         super(Job, self).__init__(name, arguments, unique)
@@ -136,8 +136,10 @@ class Job(BaseJob):
         self.running = None
         self.disconnected = False
         # A threading.Event, made by the first wait(): most jobs are
-        # never waited on and should not pay for one.
-        self._ended = None
+        # never waited on and should not pay for one.  Name-mangled, so
+        # that subclasses (which often add an ``_ended`` of their own)
+        # cannot clash with it.
+        self.__ended = None
 
     def wait(self, timeout=None):
         """Block until the job has ended, at most ``timeout`` seconds
@@ -155,9 +157,9 @@ class Job(BaseJob):
         if self.complete:
             return True
         with _WAIT_EVENT_LOCK:
-            ended = self._ended
+            ended = self.__ended
             if ended is None:
-                ended = self._ended = threading.Event()
+                ended = self.__ended = threading.Event()
         # The client sets ``complete`` before it looks for the event, so
         # one of the two checks sees the other side's write.
         if self.complete:
@@ -166,7 +168,7 @@ class Job(BaseJob):
 
     def _wakeWaiters(self):
         """Called by the client once ``complete`` is set."""
-        ended = self._ended
+        ended = self.__ended
         if ended is not None:
             ended.set()
 
@@ -313,13 +315,13 @@ class WorkerJob(BaseJob):
     :meth:`sendWorkStatus` or :meth:`sendWorkData` to give up early.
     """
 
-    __slots__ = ('_on_finish', '_track_key')
+    __slots__ = ('_generation',)
 
     def __init__(self, handle, name, arguments, unique=None):
         super(WorkerJob, self).__init__(name, arguments, unique, handle)
-        # Set by the Worker: called once the final packet is sent.
-        self._on_finish = None
-        self._track_key = None
+        # The Worker notes the connection's generation at assignment: a
+        # reconnected Connection is a new session the job is not part of.
+        self._generation = None
 
     def _linkLost(self):
         """True when the connection this job came on is gone."""
@@ -327,11 +329,9 @@ class WorkerJob(BaseJob):
         # getattr: tests often give a job a stand-in connection.
         if conn is None or not getattr(conn, 'connected', True):
             return True
-        key = self._track_key
-        # The Worker notes the connection's generation at assignment: a
-        # reconnected Connection is a new session the job is not part of.
-        return key is not None and \
-            key[1] != getattr(conn, '_generation', key[1])
+        generation = self._generation
+        return generation is not None and \
+            generation != getattr(conn, '_generation', generation)
 
     def _send(self, ptype, data):
         payload = self.handle + b'\x00' + data if data is not None \
@@ -351,14 +351,6 @@ class WorkerJob(BaseJob):
                      self.connection, reason)
         return False
 
-    def _sendFinal(self, ptype, data):
-        try:
-            return self._send(ptype, data)
-        finally:
-            callback, self._on_finish = self._on_finish, None
-            if callback is not None:
-                callback(self)
-
     def sendWorkData(self, data=b''):
         """Send intermediate data to the client (WORK_DATA)."""
         return self._send(constants.WORK_DATA, _as_bytes(data))
@@ -374,15 +366,15 @@ class WorkerJob(BaseJob):
 
     def sendWorkComplete(self, data=b''):
         """Finish the job successfully with ``data`` (WORK_COMPLETE)."""
-        return self._sendFinal(constants.WORK_COMPLETE, _as_bytes(data))
+        return self._send(constants.WORK_COMPLETE, _as_bytes(data))
 
     def sendWorkFail(self):
         """Finish the job as failed (WORK_FAIL)."""
-        return self._sendFinal(constants.WORK_FAIL, None)
+        return self._send(constants.WORK_FAIL, None)
 
     def sendWorkException(self, data=b''):
         """Finish the job as failed with an exception (WORK_EXCEPTION)."""
-        return self._sendFinal(constants.WORK_EXCEPTION, _as_bytes(data))
+        return self._send(constants.WORK_EXCEPTION, _as_bytes(data))
 
 
 class TextWorkerJob(TextJobArguments, TextJobUnique, WorkerJob):

@@ -13,10 +13,11 @@ Nothing here touches sockets, threads or clocks, so every framing rule
 can be tested byte by byte.
 """
 
+import datetime
 import struct
 
 from gear import constants
-from gear.errors import InvalidDataError, ProtocolError
+from gear.errors import ConfigurationError, InvalidDataError, ProtocolError
 
 _HEADER = struct.Struct('!4sII')
 _unpack_header = _HEADER.unpack_from
@@ -423,3 +424,75 @@ class MessageScanner(object):
         if len(buf) > MAX_ADMIN_LINE:
             raise ProtocolError("Admin line too long")
         return True
+
+
+# Requests built the same way by the thread and the asyncio clients.
+
+PRECEDENCES = (constants.PRECEDENCE_NORMAL, constants.PRECEDENCE_LOW,
+               constants.PRECEDENCE_HIGH)
+
+
+def epoch_seconds(when):
+    """Return ``when`` (epoch seconds or an aware datetime) as an int."""
+    if isinstance(when, datetime.datetime):
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ConfigurationError("when must be an aware datetime")
+        return int(when.timestamp())
+    if isinstance(when, bool) or not isinstance(when, (int, float)):
+        raise ConfigurationError(
+            "when must be epoch seconds or an aware datetime")
+    return int(when)
+
+
+def submit_request(name, unique, data, background=False,
+                   precedence=constants.PRECEDENCE_NORMAL, when=None):
+    """Return ``(ptype, payload)`` of the SUBMIT_JOB* packet for a job.
+
+    ``name``, ``unique`` (None for none) and ``data`` are bytes.
+    ``when`` (epoch seconds or an aware datetime) makes it a
+    SUBMIT_JOB_EPOCH, which needs ``background`` and normal precedence.
+
+    :raises ConfigurationError: a bad precedence or ``when``.
+    """
+    if precedence not in PRECEDENCES:
+        raise ConfigurationError("Invalid precedence value")
+    fields = [name, unique or b'']
+    if when is not None:
+        if not background or precedence != constants.PRECEDENCE_NORMAL:
+            raise ConfigurationError(
+                "when= needs background=True and normal precedence")
+        ptype = constants.SUBMIT_JOB_EPOCH
+        fields.append(str(epoch_seconds(when)).encode('ascii'))
+    else:
+        ptype = constants.SUBMIT_TYPE_FOR[(precedence, bool(background))]
+    fields.append(bytes(data))
+    return ptype, b'\x00'.join(fields)
+
+
+def work_handle(handle):
+    """The job handle of a WORK_* packet's first field.
+
+    gearmand's WORK_FAIL made from a WORK_EXCEPTION carries a stray
+    trailing NUL after the handle; tolerate it.
+    """
+    if handle.endswith(b'\x00'):
+        return handle.rstrip(b'\x00')
+    return handle
+
+
+def status_fields(arguments):
+    """``(known, running, numerator, denominator)`` of a STATUS_RES.
+
+    ``arguments`` are the packet's fields; missing numbers read as None.
+    """
+    return (arguments[1] == b'1', arguments[2] == b'1',
+            arguments[3] if len(arguments) > 3 else None,
+            arguments[4] if len(arguments) > 4 else None)
+
+
+def fraction(numerator, denominator):
+    """``numerator / denominator`` as a float, or None if not numbers."""
+    try:
+        return float(numerator) / float(denominator)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None

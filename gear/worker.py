@@ -111,10 +111,6 @@ class Worker(BaseClient):
         self.job_queue = collections.deque()
         self._interrupts = 0
         self._grab_turn = 0
-        # (connection, generation, name) -> jobs running; and the
-        # (connection, name) pairs whose CANT_DO waits for them.
-        self._running = collections.Counter()
-        self._deferred_cant_do = set()
         # Connections whose server answered GRAB_JOB_UNIQ with an ERROR
         # (Perl's Gearman::Server): they are sent GRAB_JOB instead.  And
         # those that assigned a job with a unique, so they support it.
@@ -140,9 +136,6 @@ class Worker(BaseClient):
         packet = _can_do_packet(record)    # validates before recording
         with self.broadcast_lock:
             self.functions[record.name] = record
-            self._deferred_cant_do = {
-                key for key in self._deferred_cant_do
-                if key[1] != record.name}
             self.broadcast(packet)
             with self.job_lock:
                 for conn in self.active_connections[:]:
@@ -153,9 +146,9 @@ class Worker(BaseClient):
     def unRegisterFunction(self, name):
         """Tell every server this worker no longer does ``name``.
 
-        If jobs of that function are running, the CANT_DO for their
-        connection is sent once they finish (the server would otherwise
-        requeue them).
+        CANT_DO is sent at once, as gear 0.16 did; jobs of that function
+        already running here go on and may still send their results, and
+        the connection keeps taking jobs of the other functions.
         """
         name = convert_to_bytes(name)
         with self.broadcast_lock:
@@ -185,8 +178,6 @@ class Worker(BaseClient):
                      timeout_to_wire(old[name].timeout) !=
                      timeout_to_wire(record.timeout)]
             self.functions = new
-            self._deferred_cant_do = {
-                key for key in self._deferred_cant_do if key[1] not in new}
             for conn in self.active_connections[:]:
                 for name in removed:
                     self._retireFunction(conn, name)
@@ -206,54 +197,11 @@ class Worker(BaseClient):
 
     def _retireFunction(self, conn, name):
         # Called with broadcast_lock held.
-        with self.job_lock:
-            busy = any(key[0] is conn and key[2] == name and count
-                       for key, count in self._running.items())
-            if busy:
-                self._deferred_cant_do.add((conn, name))
-                return
         try:
             conn.sendPacket(Packet(constants.REQ, constants.CANT_DO, name))
         except Exception:
             self.log.exception("Error unregistering on %s", conn)
             self._lostConnection(conn)
-
-    def _jobFinished(self, job):
-        """A job sent its final packet: send any CANT_DO it held back."""
-        with self.job_lock:
-            if not self._deferred_cant_do:
-                # Nothing is held back, and _retireFunction only defers
-                # (under job_lock) while this job still counts as
-                # running: there is nothing to send, no connection gets
-                # unblocked and the grab demand is unchanged.
-                key = job._track_key
-                self._running[key] -= 1
-                if self._running[key] <= 0:
-                    del self._running[key]
-                return
-        conn = job.connection
-        with self.broadcast_lock:
-            with self.job_lock:
-                key = job._track_key
-                self._running[key] -= 1
-                if self._running[key] <= 0:
-                    del self._running[key]
-                pending = (conn, key[2])
-                release = (pending in self._deferred_cant_do and
-                           not any(k[0] is conn and k[2] == key[2]
-                                   for k in self._running))
-                if release:
-                    self._deferred_cant_do.discard(pending)
-            if release and key[2] not in self.functions and \
-                    conn.connected and conn._generation == key[1]:
-                try:
-                    conn.sendPacket(Packet(constants.REQ, constants.CANT_DO,
-                                           key[2]))
-                except Exception:
-                    self.log.exception("Error unregistering on %s", conn)
-                    self._lostConnection(conn)
-            with self.job_lock:
-                self._updateStateMachines()
 
     # Connection life cycle
 
@@ -272,10 +220,6 @@ class Worker(BaseClient):
     def _lostConnection(self, conn):
         super(Worker, self)._lostConnection(conn)
         with self.job_lock:
-            for key in [k for k in self._running if k[0] is conn]:
-                del self._running[key]
-            self._deferred_cant_do = {
-                key for key in self._deferred_cant_do if key[0] is not conn}
             self._job_available.notify_all()
             self._grab_answered.notify_all()
             self._updateStateMachines()
@@ -305,7 +249,6 @@ class Worker(BaseClient):
                     demand -= 1
             if demand <= 0:
                 return
-            blocked = {id(key[0]) for key in self._deferred_cant_do}
             count = len(conns)
             self._grab_turn = (self._grab_turn + 1) % max(count, 1)
             ordered = conns[self._grab_turn:] + conns[:self._grab_turn]
@@ -315,8 +258,6 @@ class Worker(BaseClient):
             for conn in candidates:
                 if demand <= 0:
                     break
-                if id(conn) in blocked:
-                    continue
                 if self._sendGrabJobUniq(conn):
                     demand -= 1
 
@@ -412,10 +353,8 @@ class Worker(BaseClient):
         conn = packet.connection
         job = self.job_class(handle, name, arguments, unique)
         job.connection = conn
+        job._generation = conn._generation
         with self.job_lock:
-            job._track_key = (conn, conn._generation, job.binary_name)
-            self._running[job._track_key] += 1
-            job._on_finish = self._jobFinished
             if conn.state == GRAB_WAIT:
                 conn.changeState(IDLE)
             self.job_queue.append(job)

@@ -55,7 +55,8 @@ graphviz_dot_args = ['-Gbgcolor=transparent']
 # Not documented here, so not checked: Python's standard library (no
 # intersphinx: the build must not need the network) and fixtures.
 nitpick_ignore_regex = [
-    ('py:.*', r'(cProfile|datetime|gc|logging|re|threading)(\..*)?'),
+    ('py:.*', r'(abc|asyncio|cProfile|datetime|gc|logging|re|ssl|'
+              r'threading)(\..*)?'),
     ('py:.*', r'fixtures(\..*)?'),
 ]
 

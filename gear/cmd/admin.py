@@ -125,6 +125,11 @@ def _job_row(row):
     return (handle, retries, bool(ignore_job), bool(job_queued))
 
 
+def _acl_row(row):
+    subject, register, invoke, grant = row
+    return (subject, register, invoke, grant, getattr(row, 'admin', False))
+
+
 def _worker_row(row):
     fd, ip, client_id, functions = row
     return (fd, ip, client_id, list(functions))
@@ -143,9 +148,10 @@ VIEWS = {
                      ('retries',), convert=_job_row,
                      cells={'ignore_job': _yes_no, 'job_queued': _yes_no}),
     'unique-jobs': RowsView(('unique',)),
-    'acl list': RowsView(('subject', 'register', 'invoke', 'grant'),
+    'acl list': RowsView(('subject', 'register', 'invoke', 'grant',
+                          'admin'), convert=_acl_row,
                          cells={'register': _dash, 'invoke': _dash,
-                                'grant': _yes_no}),
+                                'grant': _yes_no, 'admin': _yes_no}),
     'version': ValueView('version'),
     'pid': ValueView('pid'),
     'verbose': ValueView('level'),
@@ -179,7 +185,7 @@ _ERROR_HINTS = {
     'ACL_DISABLED': 'the server runs without an ACL',
     'PERMISSION_DENIED': 'the client certificate lacks the permission',
     'UNKNOWN_JOB': 'no job has this handle',
-    'UNKNOWN_ACL_VERB': 'use register, invoke, grant or all',
+    'UNKNOWN_ACL_VERB': 'use register, invoke, grant, admin or all',
     'QUEUE_ERROR': 'the job queue is full',
 }
 
@@ -406,7 +412,7 @@ def _add_output_arguments(parser, suppress):
                        help='log more (repeat for debug output)')
 
 
-_ACL_GRANT_VERBS = ('register', 'invoke', 'grant')
+_ACL_GRANT_VERBS = ('register', 'invoke', 'grant', 'admin')
 _ACL_REVOKE_VERBS = _ACL_GRANT_VERBS + ('all',)
 
 
@@ -463,7 +469,8 @@ def build_parser():
     acl_commands.add_parser('list', help='every ACL entry', parents=[shared])
     grant = acl_commands.add_parser(
         'grant', parents=[shared],
-        help='grant register/invoke (with a pattern) or grant')
+        help='grant register/invoke (with a pattern), grant or '
+             'admin')
     grant.add_argument('verb', choices=_ACL_GRANT_VERBS)
     grant.add_argument('subject', metavar='SUBJECT')
     grant.add_argument('pattern', metavar='PATTERN', nargs='?')

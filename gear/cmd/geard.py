@@ -168,6 +168,11 @@ def build_parser():
                         dest='allow_admin_shutdown', action='store_true',
                         help='let the "shutdown" admin command stop the '
                              'server')
+    parser.add_argument('--semantics', dest='semantics',
+                        choices=('gearmand', 'gear'), default='gearmand',
+                        help="gearmand: gearmand's job semantics; gear: "
+                             "gear 0.16's, as gear.Server keeps by "
+                             "default (default %(default)s)")
     parser.add_argument('--version', action='version',
                         version='Gear version: %s' % _version())
     return parser
@@ -226,7 +231,8 @@ def server_kwargs(args, acl=None):
         keepalive=args.keepalive, tcp_keepidle=args.tcp_keepidle,
         tcp_keepintvl=args.tcp_keepintvl, tcp_keepcnt=args.tcp_keepcnt,
         exceptions=args.exceptions,
-        allow_admin_shutdown=args.allow_admin_shutdown)
+        allow_admin_shutdown=args.allow_admin_shutdown,
+        semantics=args.semantics)
     for name in ('job_retries', 'store', 'job_handle_prefix', 'backlog',
                  'worker_wakeup', 'max_packet_size', 'max_connections',
                  'max_output_buffer'):

@@ -80,6 +80,10 @@ class GearmanWorker(object):
         # the keys of those that already sent their final packet.
         self._running = {}
         self._finished = set()
+        # Tasks unregistered while one of their jobs ran here: their
+        # CANT_DO waits for that job's end, since gearmand would requeue
+        # the job and refuse its result.
+        self._unregister_after_job = set()
 
     # Configuration
 
@@ -89,6 +93,7 @@ class GearmanWorker(object):
         with self._lock:
             self.worker_abilities[task] = callback_function
             self._task_names[name] = task
+            self._unregister_after_job.discard(name)
             if self._gear_worker is not None:
                 self._gear_worker.registerFunction(name)
         return task
@@ -99,9 +104,20 @@ class GearmanWorker(object):
         with self._lock:
             registered = self._task_names.pop(name, task)
             self.worker_abilities.pop(registered, None)
-            if self._gear_worker is not None:
+            if any(job.binary_name == name and key not in self._finished
+                   for key, job in self._running.items()):
+                self._unregister_after_job.add(name)
+            elif self._gear_worker is not None:
                 self._gear_worker.unRegisterFunction(name)
         return task
+
+    def _unregisterDeferred(self):
+        with self._lock:
+            names, self._unregister_after_job = \
+                self._unregister_after_job, set()
+            if self._gear_worker is not None:
+                for name in names:
+                    self._gear_worker.unRegisterFunction(name)
 
     def set_client_id(self, client_id):
         """Name this worker in the server's ``workers`` listing."""
@@ -230,6 +246,8 @@ class GearmanWorker(object):
         finally:
             self._running.pop(key, None)
             self._finished.discard(key)
+            if self._unregister_after_job:
+                self._unregisterDeferred()
 
     # Hooks
 

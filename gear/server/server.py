@@ -115,7 +115,14 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         its handshake.
     :arg bool allow_admin_shutdown: let the ``shutdown`` admin command
         stop the server (off, as in gearmand >= 1.1.15).
+    :arg str semantics: ``'gear'`` (the default) keeps gear 0.16's
+        observable semantics wherever its callers could depend on them;
+        ``'gearmand'`` (what ``geard`` runs) follows gearmand's.  See
+        :doc:`migration-gear` for the differences.
     """
+
+    #: The values ``semantics`` accepts.
+    SEMANTICS = ('gear', 'gearmand')
 
     if _HAS_EPOLL:
         edge_bitmask = select.EPOLLET
@@ -142,7 +149,12 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                  max_packet_size=DEFAULT_MAX_PACKET_SIZE,
                  max_connections=10000,
                  max_output_buffer=128 * 1024 * 1024,
-                 tls_handshake_timeout=10.0, allow_admin_shutdown=False):
+                 tls_handshake_timeout=10.0, allow_admin_shutdown=False,
+                 semantics='gear'):
+        if semantics not in self.SEMANTICS:
+            raise ConfigurationError("semantics must be one of %s" %
+                                     ", ".join(self.SEMANTICS))
+        self.semantics = semantics
         self.port = port
         self.host = host
         self.ssl_key = ssl_key

@@ -324,16 +324,18 @@ class TestAdminTLS(testtools.TestCase):
                          result.stderr)
         result = self.admin('acl', 'grant', 'register', 'bob', 'w.*')
         self.assertEqual(0, result.returncode, result.stderr)
+        result = self.admin('acl', 'grant', 'admin', 'bob')
+        self.assertEqual(0, result.returncode, result.stderr)
         rows = json.loads(self.admin('--json', 'acl', 'list').stdout)
         self.assertEqual([
             {'subject': 'admin', 'register': None, 'invoke': None,
-             'grant': True},
+             'grant': True, 'admin': False},
             {'subject': 'bob', 'register': 'w.*', 'invoke': '^cli_.*',
-             'grant': False}], rows)
+             'grant': False, 'admin': True}], rows)
         text = self.admin('acl', 'list').stdout.decode()
-        self.assertEqual('SUBJECT  REGISTER  INVOKE   GRANT\n'
-                         'admin    -         -        yes\n'
-                         'bob      w.*       ^cli_.*  no\n', text)
+        self.assertEqual('SUBJECT  REGISTER  INVOKE   GRANT  ADMIN\n'
+                         'admin    -         -        yes    no\n'
+                         'bob      w.*       ^cli_.*  no     yes\n', text)
         result = self.admin('acl', 'revoke', 'invoke', 'bob')
         self.assertEqual(0, result.returncode, result.stderr)
         rows = json.loads(self.admin('--json', 'acl', 'list').stdout)

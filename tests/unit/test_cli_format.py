@@ -7,6 +7,7 @@ import os
 import fixtures
 import testtools
 
+import gear
 from gear import errors
 from gear.cmd import _common as common
 from gear.cmd import admin as admin_cmd
@@ -96,15 +97,24 @@ class TestAdminRender(testtools.TestCase):
                                                      ['u1', ''], True)))
 
     def test_acl_list_keeps_none_as_null(self):
-        parsed = [('alice', None, '^f.*', True)]
+        parsed = [('alice', None, '^f.*', True),
+                  gear.ACLRow('bob', None, None, False, admin=True)]
         self.assertEqual(
             [{'subject': 'alice', 'register': None, 'invoke': '^f.*',
-              'grant': True}],
+              'grant': True, 'admin': False},
+             {'subject': 'bob', 'register': None, 'invoke': None,
+              'grant': False, 'admin': True}],
             json.loads(admin_cmd.render('acl list', parsed, True)))
         self.assertEqual(
-            'SUBJECT  REGISTER  INVOKE  GRANT\n'
-            'alice    -         ^f.*    yes\n',
+            'SUBJECT  REGISTER  INVOKE  GRANT  ADMIN\n'
+            'alice    -         ^f.*    yes    no\n'
+            'bob      -         -       no     yes\n',
             admin_cmd.render('acl list', parsed))
+
+    def test_acl_grant_takes_the_admin_right(self):
+        args = admin_cmd.parse_args(['acl', 'grant', 'admin', 'bob'])
+        request = args.request_factory()
+        self.assertEqual(b'acl grant admin bob\n', request.getCommand())
 
     def test_single_values_and_ok(self):
         self.assertEqual({'version': '1.1.20'}, json.loads(

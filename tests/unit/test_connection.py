@@ -12,8 +12,8 @@ import gear
 from gear import tlsutil
 from gear import constants
 from gear.connection import (
-    Connection, EchoTask, NonBlockingConnection, OptionReqTask,
-    SubmitJobTask)
+    Connection, EchoTask, GetStatusTask, NonBlockingConnection,
+    OptionReqTask, SubmitJobTask, UntrackedRequest, reply_key)
 from gear.protocol import Packet
 from tests.gearmand import wait_for
 
@@ -394,6 +394,24 @@ class TestSending(testtools.TestCase):
         self.assertEqual(0, len(conn.send_queue))
         self.assertEqual(expected, bytes(sock.sent))
 
+    def test_requests_sent_without_a_task_keep_their_place(self):
+        conn = Connection('127.0.0.1', 4730)
+        conn.connect()
+        conn.sendPacket(Packet(constants.REQ, constants.GET_STATUS,
+                               b'H:1'))
+        conn.sendPacket(work_complete(1))
+        task = conn.sendRequest(Packet(constants.REQ, constants.SUBMIT_JOB,
+                                       b'f\x00\x00'),
+                                SubmitJobTask(object()))
+        untracked, submit = conn.pending_tasks
+        self.assertIsInstance(untracked, UntrackedRequest)
+        self.assertEqual((constants.STATUS_RES, b'H:1'),
+                         (untracked.reply_type, untracked.key))
+        self.assertIs(task, submit)
+        self.assertIs(untracked, conn._takeReplyTask(constants.STATUS_RES,
+                                                     b'H:1'))
+        self.assertIs(submit, conn._takeReplyTask(constants.JOB_CREATED))
+
     def test_send_request_is_recorded_and_removed_on_failure(self):
         conn = Connection('127.0.0.1', 4730)
         conn.connect()
@@ -429,6 +447,36 @@ class TestReplyMatching(testtools.TestCase):
 
     def test_no_task(self):
         self.assertIsNone(Connection('h', 1)._takeReplyTask(constants.ERROR))
+
+    def test_reply_goes_to_the_request_naming_its_key(self):
+        conn = Connection('h', 1)
+        one, two = gear.Job(b'f', b''), gear.Job(b'f', b'')
+        one.handle, two.handle = b'H:1', b'H:2'
+        first, second = GetStatusTask(one), GetStatusTask(two)
+        conn.pending_tasks.extend([first, second])
+        reply = Packet(constants.RES, constants.STATUS_RES,
+                       b'H:2\x001\x000\x000\x000')
+        self.assertIs(second, conn._takeReplyTask(constants.STATUS_RES,
+                                                  reply_key(reply)))
+        # The server answered a later request: the earlier was skipped.
+        self.assertTrue(first.failed)
+        self.assertEqual(0, len(conn.pending_tasks))
+
+    def test_unmatched_reply_takes_nothing(self):
+        conn = Connection('h', 1)
+        submit = SubmitJobTask(object())
+        conn.pending_tasks.append(submit)
+        self.assertIsNone(conn._takeReplyTask(constants.STATUS_RES, b'H:1'))
+        self.assertEqual([submit], list(conn.pending_tasks))
+        self.assertFalse(submit.failed)
+
+    def test_option_names_match_without_case(self):
+        conn = Connection('h', 1)
+        task = OptionReqTask(b'Exceptions')
+        conn.pending_tasks.append(task)
+        reply = Packet(constants.RES, constants.OPTION_RES, b'exceptions')
+        self.assertIs(task, conn._takeReplyTask(constants.OPTION_RES,
+                                                reply_key(reply)))
 
     def test_abandon_and_claim(self):
         task = SubmitJobTask(None)

@@ -162,19 +162,6 @@ class TestWorkerJob(testtools.TestCase):
     def test_binary_worker_job(self):
         self.assertEqual(b'fn', self.make(gear.BinaryWorkerJob).name)
 
-    def test_finish_callback_runs_once_even_if_send_fails(self):
-        calls = []
-        job = self.make()
-        job._on_finish = calls.append
-
-        def broken(packet):
-            raise OSError('gone')
-        self.conn.sendPacket = broken
-        self.assertFalse(job.sendWorkComplete(b''))
-        self.assertEqual([job], calls)
-        self.assertFalse(job.sendWorkFail())
-        self.assertEqual([job], calls)
-
     def test_sends_report_whether_they_were_sent(self):
         job = self.make()
         self.assertTrue(job.sendWorkData(b'd'))
@@ -194,7 +181,7 @@ class TestWorkerJob(testtools.TestCase):
         # The Worker notes the connection generation the job came on.
         self.conn._generation = 1
         job = self.make()
-        job._track_key = (self.conn, 1, b'fn')
+        job._generation = 1
         self.assertTrue(job.sendWorkStatus(1, 2))
         self.conn._generation = 2
         self.assertFalse(job.sendWorkComplete(b'stale'))
