@@ -270,6 +270,26 @@ def _clean_env(extra_path=None):
     return env
 
 
+def _pypy_path(pypy, tmpdir):
+    """PYTHONPATH for a PyPy geard: this checkout, plus pbr (gear's one
+    runtime dependency, pure Python) borrowed from this interpreter when
+    PyPy has none of its own."""
+    probe = subprocess.run([pypy, '-c', 'import pbr.version'],
+                           cwd=tmpdir, env=_clean_env(),
+                           stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=60)
+    if probe.returncode == 0:
+        return REPO_ROOT
+    try:
+        import pbr
+    except ImportError:
+        return REPO_ROOT
+    extra = os.path.join(tmpdir, 'site')
+    os.mkdir(extra)
+    os.symlink(os.path.dirname(pbr.__file__), os.path.join(extra, 'pbr'))
+    return REPO_ROOT + os.pathsep + extra
+
+
 def check_geard():
     """Raise ServerUnavailable unless this repository's geard can run."""
     if REPO_ROOT not in sys.path:
@@ -329,7 +349,8 @@ def make_server(name, gear016_python=None, base_root=None):
             raise ServerUnavailable('geard-pypy: %s is not installed' % PYPY)
         argv, tmpdir = _python_server(name, pypy)
         return ManagedServer(name, argv, cwd=REPO_ROOT,
-                             env=_clean_env(REPO_ROOT), tmpdir=tmpdir)
+                             env=_clean_env(_pypy_path(pypy, tmpdir)),
+                             tmpdir=tmpdir)
     if name == 'gear016':
         if not gear016_python:
             raise ServerUnavailable(

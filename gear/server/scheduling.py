@@ -15,6 +15,7 @@ from gear.server import jobs as jobstates
 
 RES = constants.RES
 RUNNING = jobstates.RUNNING
+BACKGROUND = jobstates.BACKGROUND
 STATE = jobstates.STATE
 _NOOP = pack(RES, constants.NOOP)
 
@@ -35,28 +36,10 @@ class Scheduling(object):
 
     # -- job lifecycle --------------------------------------------------------
 
-    def _finishJob(self, job):
-        """A job ends for good: forget it everywhere, the store too."""
-        self._forgetJob(job)
-        if self._persist and job.background and not job.ignore:
-            self._unstore(job)
-        if self.stats is not None:
-            self._updateStats()
-
-    def _unstore(self, job):
-        """Remove a background job from the store, committed this turn
-        even if nothing is acknowledged (or a crash would replay it)."""
-        try:
-            self.store.remove(job)
-        except Exception:
-            self.log.exception("Cannot remove %s from the job store",
-                               job.handle)
-        if self._store_flush is not None and not self._store_acked:
-            self._store_acked.append(None)
-
-    def _forgetJob(self, job):
-        """Take a job out of the queues, the unique and handle indexes,
-        its connections and its timer."""
+    def _finishJob(self, job, stored=True):
+        """A job ends for good: take it out of the queues, the unique and
+        handle indexes, its connections, its timer and (unless
+        ``stored`` is False: its commit failed) the store."""
         self.queue.remove(job)
         handle = job.handle
         links = job._links
@@ -73,6 +56,22 @@ class Scheduling(object):
                 if timer is not None:
                     self._cancelTimer(timer)
                     job._timer = None
+        if stored and self._persist and job._state & BACKGROUND and \
+                not job.ignore:
+            self._unstore(job)
+        if self.stats is not None:
+            self._updateStats()
+
+    def _unstore(self, job):
+        """Remove a background job from the store, committed this turn
+        even if nothing is acknowledged (or a crash would replay it)."""
+        try:
+            self.store.remove(job)
+        except Exception:
+            self.log.exception("Cannot remove %s from the job store",
+                               job.handle)
+        if self._store_flush is not None and not self._store_acked:
+            self._store_acked.append(None)
 
     def _requeueJob(self, job, reason):
         """Give a job that lost its worker back to the queue, or fail it

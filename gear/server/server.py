@@ -613,7 +613,7 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                     # its own clients keep it, in memory only.
                     job.background = False
                 else:
-                    self._forgetJob(job)
+                    self._finishJob(job, stored=False)
             for conn in acked:
                 if conn is None:  # a removal only
                     continue

@@ -169,12 +169,14 @@ class TestDocsBuild(testtools.TestCase):
 
     def test_architecture_diagrams_are_drawn(self):
         svgs = self.diagrams('architecture.html')
-        self.assertEqual(3, len(svgs), 'architecture, layers, foreground')
+        self.assertEqual(4, len(svgs),
+                         'architecture, layers, foreground, server core')
         for svg in svgs:
             self.assertIn('<svg', svg)
         self.assertIn('job server', svgs[0])
         self.assertIn('gear.protocol', svgs[1])
         self.assertIn('JOB_ASSIGN_UNIQ', svgs[2])
+        self.assertIn('Operations', svgs[3])
         # The ASCII art they replace is gone.
         self.assertNotIn('-------------------------&gt;',
                          self.page('architecture.html'))
