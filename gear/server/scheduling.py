@@ -67,9 +67,9 @@ class Scheduling(object):
         even if nothing is acknowledged (or a crash would replay it)."""
         try:
             self.store.remove(job)
-        except Exception:
-            self.log.exception("Cannot remove %s from the job store",
-                               job.handle)
+        except Exception as e:
+            # The store keeps the removal pending and writes it later.
+            self._storeFailed('removal of %s' % (job.handle,), e)
         if self._store_flush is not None and not self._store_acked:
             self._store_acked.append(None)
 
@@ -93,16 +93,20 @@ class Scheduling(object):
         if limit is not None and job.retries > limit:
             self.log.info("Job %s failed after %d retries (%s)",
                           job.handle, job.retries, reason)
-            if job.clients:
-                fail = pack(RES, constants.WORK_FAIL, job.handle)
-                for c in job.clients:
-                    self._send(c, fail)
-            self._finishJob(job)
+            self._failJob(job)
             return
         if self._debug:
             self.log.debug("Requeueing %s (%s)", job.handle, reason)
         self.queue.requeue(job)
         self._wakeFunction(job._fq)
+
+    def _failJob(self, job):
+        """A job ends in failure: its clients get WORK_FAIL."""
+        if job.clients:
+            fail = pack(RES, constants.WORK_FAIL, job.handle)
+            for c in job.clients:
+                self._send(c, fail)
+        self._finishJob(job)
 
     def _jobTimedOut(self, job):
         del job._timer

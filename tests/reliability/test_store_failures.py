@@ -5,9 +5,6 @@ or on an ext4 image the kernel turns read-only; geard runs as a child
 process and is killed with SIGKILL and restarted on the same file.  The
 rule under test: nothing is acknowledged that is not committed, nothing
 acknowledged is lost, and nothing finished is run again.
-
-Some of these wait for the server core's commit rule (issue 16, defects
-1 and 2) and are marked xfail with that reason until it lands.
 """
 
 import sqlite3
@@ -21,9 +18,6 @@ from tests.reliability import fsfail, peers, servers
 
 COMMIT_FAILED = 'Job store commit failed'
 TIMEOUT = 30.0
-
-DEFECT_1 = 'commit rule: issue 16 defect 1'
-DEFECT_2 = 'commit rule: issue 16 defect 2'
 
 
 def submit(port, fn, unique, data=None):
@@ -121,7 +115,6 @@ class TestDiskFull(StoreFailureTestCase):
         self.assertEqual([], work(self.port, 'fin', 100))
         self.assertEqual(['l0'], work(self.port, 'later', 100))
 
-    @pytest.mark.xfail(strict=True, reason=DEFECT_2)
     def test_failed_removals_are_written_without_new_traffic(self):
         # Once the disk has room again the server retries on its own
         # (a store probe on a timer); nothing else happens meanwhile.
@@ -142,7 +135,6 @@ class TestDiskFull(StoreFailureTestCase):
                 db.close()
         peers.wait_for(removed, TIMEOUT, 'the removals to be committed')
 
-    @pytest.mark.xfail(strict=True, reason=DEFECT_2)
     def test_submits_while_commits_fail_get_queue_error(self):
         self.start()
         self.assertEqual('created', submit(self.port, 'bg', 'before')[0])
@@ -152,7 +144,6 @@ class TestDiskFull(StoreFailureTestCase):
         self.assertCommitsFailed()
         self.assertEqual([('error', b'QUEUE_ERROR')] * 10, answers)
 
-    @pytest.mark.xfail(strict=True, reason=DEFECT_1)
     def test_retried_unique_is_acknowledged_only_once_stored(self):
         self.start()
         self.fs.fill()
@@ -169,7 +160,6 @@ class TestDiskFull(StoreFailureTestCase):
         self.crash_and_restart()
         self.assertEqual(['retried'], work(self.port, 'bg', 10))
 
-    @pytest.mark.xfail(strict=True, reason=DEFECT_1)
     def test_no_acknowledged_job_is_lost_when_the_disk_fills_and_frees(self):
         # A client that retries each job with its unique until the
         # server acknowledges it (or it gives up), as gear.Client does,
@@ -198,7 +188,6 @@ class TestReadOnly(StoreFailureTestCase):
     filesystem = fsfail.BreakableExt4
     options = ('--store-sync', 'full')
 
-    @pytest.mark.xfail(strict=True, reason=DEFECT_1)
     def test_nothing_acknowledged_is_lost_on_a_read_only_disk(self):
         self.start()
         acked = []
