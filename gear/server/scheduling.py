@@ -123,6 +123,13 @@ class Scheduling(object):
         assigned to ``connection``.
         """
         fqs = connection._fqs
+        functions = connection.functions
+        if functions is not connection._synced or \
+                len(functions) != len(fqs):
+            # Code outside any hook replaced or edited the set (as
+            # Zuul's GearServer may): follow it.
+            self._syncFunctions(connection)
+            fqs = connection._fqs
         if not fqs:
             return None
         q = self.queue

@@ -50,6 +50,24 @@ class SharedSemantics(object):
         self.server.functions.add(b'added')
         self.assertIn(b'added', self.server.functions)
 
+    def test_grab_follows_functions_edited_outside_hooks(self):
+        # Zuul's GearServer edits connection.functions itself.
+        client = self.connect()
+        worker = self.connect()
+        handle = client.submit(b'fn', b'data', b'u', c.SUBMIT_JOB_BG)
+        worker.sync()
+        port = worker.sock.getsockname()[1]
+        conn, = [conn for conn in self.server.active_connections
+                 if conn.port == port]
+        with self.server.lock:
+            conn.functions.add(b'fn')
+        self.assertEqual(handle, worker.grab()[0])
+        with self.server.lock:
+            conn.functions = set()
+        worker.send(c.WORK_COMPLETE, handle, b'')
+        client.submit(b'fn', b'more', b'', c.SUBMIT_JOB_BG)
+        self.assertIsNone(worker.grab())
+
     def test_unknown_packet_types_reach_handle_packet(self):
         seen = []
 
