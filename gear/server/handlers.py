@@ -1,11 +1,9 @@
 """The gear-named packet handlers of the job server.
 
 One ``handle<Packet>`` method per request type (the names gear subclasses
-override) plus the ``send*`` replies.  The hot request types have one
-operation each taking ``(connection, payload)`` (submission, grab,
-pre-sleep, work results, registration); their gear-named hooks are thin
-adapters over those operations, so a subclass may override either
-without a second copy of the behaviour.
+override) plus the ``send*`` replies.  The server's dispatch table points
+at these; the tuned copies of the hottest ones are in
+:mod:`gear.server.fastpath`.
 """
 
 import time
@@ -75,19 +73,19 @@ class PacketHandlers(object):
     # -- replies --------------------------------------------------------------
 
     def sendJobAssign(self, connection, job):
-        self._sendPacket(connection, constants.JOB_ASSIGN, b'\x00'.join(
-            (job.handle, job.name, job.arguments)))
+        self._send(connection, pack(RES, constants.JOB_ASSIGN, b'\x00'.join(
+            (job.handle, job.name, job.arguments))))
 
     def sendJobAssignUniq(self, connection, job):
-        self._sendPacket(connection, constants.JOB_ASSIGN_UNIQ,
-                         b'\x00'.join((job.handle, job.name,
-                                       job.unique or b'', job.arguments)))
+        self._send(connection, pack(
+            RES, constants.JOB_ASSIGN_UNIQ, b'\x00'.join(
+                (job.handle, job.name, job.unique or b'', job.arguments))))
 
     def sendJobAssignAll(self, connection, job):
-        self._sendPacket(connection, constants.JOB_ASSIGN_ALL,
-                         b'\x00'.join((job.handle, job.name,
-                                       job.unique or b'', job.reducer,
-                                       job.arguments)))
+        self._send(connection, pack(
+            RES, constants.JOB_ASSIGN_ALL, b'\x00'.join(
+                (job.handle, job.name, job.unique or b'', job.reducer,
+                 job.arguments))))
 
     def sendNoJob(self, connection):
         self._send(connection, _NO_JOB)
@@ -98,6 +96,14 @@ class PacketHandlers(object):
             _to_bytes(code), _to_bytes(text))))
 
     # -- packet handlers: submission ------------------------------------------
+
+    def _handleSubmitJob(self, packet, precedence, background=False):
+        fields = packet.data.split(b'\x00', 2)
+        if len(fields) != 3:
+            raise _CloseConnection('malformed SUBMIT_JOB')
+        name, unique, arguments = fields
+        self._submit(packet.connection, name, unique, arguments,
+                     precedence, background)
 
     def _storeJob(self, conn, job, adopted=False):
         """Persist a background job before its JOB_CREATED goes out.
@@ -135,107 +141,89 @@ class PacketHandlers(object):
             return False
         return True
 
-    def _makeSubmit(self):
-        """Build the one implementation of job submission.
+    def _submit(self, conn, name, unique, arguments, precedence, background,
+                when=0, reducer=None):
+        """Create (or coalesce) one job and answer JOB_CREATED.
 
-        ``submit(conn, name, unique, arguments, precedence, background,
-        when=0, reducer=None)`` creates the job (or coalesces into the
-        job of the same unique), stores a background job under the
-        store-commit rule, queues or parks it, and appends JOB_CREATED
-        to the submitter's output.  A closure over the server's state:
-        it is the hottest path of the server.
+        This is the hottest path of the server, so the queue operations of
+        JobQueue.add() are inlined here for the common case.
         """
-        server = self
         q = self.queue
-        functions = q.functions
-        index_job = q.jobs.put
-        append = q._append
-        dirty = self._dirty
-        handle_format = self._handle_format
-        headers = _CREATED_HEADERS
-        new = _new_job
-        cls = self._job_class
-        links = JobLinks
-        state_of = [[jobstates.flags(p, bg) for bg in (False, True)]
-                    for p in range(3)]
-
-        def submit(conn, name, unique, arguments, precedence, background,
-                   when=0, reducer=None):
-            key = None
-            if unique:
-                if len(unique) > MAX_UNIQUE:
-                    server.sendError(conn, b'ARGUMENT_TOO_LARGE',
-                                     b'Unique value too large')
-                    return
-                key = unique if unique != b'-' else \
-                    unique_key(unique, arguments)
-            else:
-                unique = None
-            if server.acl is not None and not server.acl.canInvoke(
-                    conn.ssl_subject, _decode(name)):
-                server.log.info("ACL denied %s submitting %r",
-                                conn.ssl_subject, name)
-                server.sendError(conn, b'PERMISSION_DENIED',
-                                 b'Permission denied by ACL')
+        fq = q.functions.get(name)
+        key = None
+        if unique:
+            if len(unique) > MAX_UNIQUE:
+                self.sendError(conn, b'ARGUMENT_TOO_LARGE',
+                               b'Unique value too large')
                 return
-            fq = functions.get(name)
-            if fq is None:
-                fq = q.function(name)
-            if key is not None:
-                job = fq.uniques.get(key)
-                if job is not None:
-                    server._coalesce(conn, job, background)
-                    return
-            if fq.limits is not None and q.isFull(fq, precedence):
-                server.sendError(conn, b'QUEUE_ERROR', b'Job queue is full')
+            key = unique_key(unique, arguments)
+        else:
+            unique = None
+        if self.acl is not None and not self.acl.canInvoke(
+                conn.ssl_subject, _decode(name)):
+            self.log.info("ACL denied %s submitting %r", conn.ssl_subject,
+                          name)
+            self.sendError(conn, b'PERMISSION_DENIED',
+                           b'Permission denied by ACL')
+            return
+        if fq is None:
+            fq = q.function(name)
+        else:
+            name = fq.name
+        if key is not None:
+            job = fq.uniques.get(key)
+            if job is not None:
+                self._coalesce(conn, job, background)
                 return
-            n = q.max_handle = q.max_handle + 1
-            handle = handle_format % n
-            job = new(cls)
-            job.handle = handle
-            job.arguments = arguments
-            job.unique = unique
-            job._fq = fq
-            job._state = state_of[precedence][background]
-            if background:
-                job._links = None
-            else:
-                job._links = links([conn])
-                conn.related_jobs[handle] = job
-            if when:
-                job.when = when
-            if reducer is not None:
-                job.reducer = reducer
-            if background and server._persist and \
-                    not server._storeJob(conn, job):
+        if fq.limits is not None and q.isFull(fq, precedence):
+            self.sendError(conn, b'QUEUE_ERROR', b'Job queue is full')
+            return
+        n = q.max_handle = q.max_handle + 1
+        handle = self._handle_format % n
+        job = _new_job(self._job_class)
+        job.handle = handle
+        job.arguments = arguments
+        job.unique = unique
+        job._state = jobstates.flags(precedence, background)
+        job._fq = fq
+        if background:
+            job._links = None
+        else:
+            job._links = JobLinks([conn])
+            conn.related_jobs[handle] = job
+        if when:
+            job.when = when
+        if reducer is not None:
+            job.reducer = reducer
+        if background and self._persist and not self._storeJob(conn, job):
+            return
+        q.jobs[handle] = job
+        if key is not None:
+            fq.uniques[key] = job
+        if when and when > time.time():
+            q._park(job, fq, when)
+            self._armEpochTimer(fq)
+            self._send(conn, pack(RES, constants.JOB_CREATED, handle))
+            return
+        else:
+            fq.fifos[precedence].append(job)
+            fq.queued[precedence] += 1
+            q.queued[precedence] += 1
+            job._state = (job._state & FLAGS) | _QUEUED
+        out = conn.send_queue
+        if not out:
+            if conn.closed:
                 return
-            index_job(n, job)
-            if key is not None:
-                fq.uniques[key] = job
-            parked = when and when > time.time()
-            if parked:
-                q._park(job, fq, when)
-                server._armEpochTimer(fq)
-            else:
-                append(job, fq, precedence)
-            out = conn.send_queue
-            if not out:
-                if conn.closed:
-                    return
-                dirty.append(conn)
-            hdr = headers.get(len(handle))
-            if hdr is None:
-                hdr = _created_header(len(handle))
-            out += hdr
-            out += handle
-            if parked:
-                return
-            if fq.sleepers:
-                server._wakeFunction(fq)
-            if server.stats is not None:
-                server._updateStats()
-
-        return submit
+            self._dirty.append(conn)
+        hdr = _CREATED_HEADERS.get(len(handle))
+        if hdr is None:
+            hdr = _created_header(len(handle))
+        out += hdr
+        out += handle
+        if fq.sleepers:
+            self._wakeFunction(fq)
+        if self.stats is not None:
+            self._updateStats()
 
     def _coalesce(self, conn, job, background):
         """A submission with the unique of a job that exists: attach.
@@ -256,73 +244,50 @@ class PacketHandlers(object):
             conn.related_jobs[job.handle] = job
         self._send(conn, pack(RES, constants.JOB_CREATED, job.handle))
 
-    def _submitOp(self, precedence, background):
-        """The SUBMIT_JOB* operation of one (precedence, background)."""
-        submit = self._submit
+    def handleSubmitJob(self, packet):
+        self._handleSubmitJob(packet, NORMAL)
 
-        def op(conn, payload):
-            fields = payload.split(b'\x00', 2)
-            if len(fields) != 3:
-                raise _CloseConnection('malformed SUBMIT_JOB')
-            submit(conn, fields[0], fields[1], fields[2], precedence,
-                   background)
-        return op
+    def handleSubmitJobBg(self, packet):
+        self._handleSubmitJob(packet, NORMAL, True)
 
-    def _submitEpochOp(self, conn, payload):
-        fields = payload.split(b'\x00', 3)
+    def handleSubmitJobHigh(self, packet):
+        self._handleSubmitJob(packet, HIGH)
+
+    def handleSubmitJobHighBg(self, packet):
+        self._handleSubmitJob(packet, HIGH, True)
+
+    def handleSubmitJobLow(self, packet):
+        self._handleSubmitJob(packet, LOW)
+
+    def handleSubmitJobLowBg(self, packet):
+        self._handleSubmitJob(packet, LOW, True)
+
+    def handleSubmitJobEpoch(self, packet):
+        fields = packet.data.split(b'\x00', 3)
         if len(fields) != 4:
             raise _CloseConnection('malformed SUBMIT_JOB_EPOCH')
         name, unique, epoch, arguments = fields
-        self._submit(conn, name, unique, arguments, NORMAL, True,
-                     when=_parse_decimal(epoch))
+        when = _parse_decimal(epoch)
+        self._submit(packet.connection, name, unique, arguments, NORMAL,
+                     True, when=when)
 
-    def _submitReduceOp(self, background):
-        def op(conn, payload):
-            fields = payload.split(b'\x00', 4)
-            if len(fields) != 5:
-                raise _CloseConnection('malformed SUBMIT_REDUCE_JOB')
-            name, unique, reducer, _aggregator, arguments = fields
-            if len(reducer) > MAX_UNIQUE:
-                self.sendError(conn, b'ARGUMENT_TOO_LARGE',
-                               b'Reducer value too large')
-                return
-            self._submit(conn, name, unique, arguments, NORMAL,
-                         background, reducer=reducer)
-        return op
-
-    # gear's hooks: adapters over the operations above.
-
-    def handleSubmitJob(self, packet):
-        self._op(packet)
-
-    def handleSubmitJobBg(self, packet):
-        self._op(packet)
-
-    def handleSubmitJobHigh(self, packet):
-        self._op(packet)
-
-    def handleSubmitJobHighBg(self, packet):
-        self._op(packet)
-
-    def handleSubmitJobLow(self, packet):
-        self._op(packet)
-
-    def handleSubmitJobLowBg(self, packet):
-        self._op(packet)
-
-    def handleSubmitJobEpoch(self, packet):
-        self._op(packet)
+    def _handleSubmitReduce(self, packet, background):
+        fields = packet.data.split(b'\x00', 4)
+        if len(fields) != 5:
+            raise _CloseConnection('malformed SUBMIT_REDUCE_JOB')
+        name, unique, reducer, _aggregator, arguments = fields
+        if len(reducer) > MAX_UNIQUE:
+            self.sendError(packet.connection, b'ARGUMENT_TOO_LARGE',
+                           b'Reducer value too large')
+            return
+        self._submit(packet.connection, name, unique, arguments, NORMAL,
+                     background, reducer=reducer)
 
     def handleSubmitReduceJob(self, packet):
-        self._op(packet)
+        self._handleSubmitReduce(packet, False)
 
     def handleSubmitReduceJobBackground(self, packet):
-        self._op(packet)
-
-    def _op(self, packet):
-        """Run the server's own operation for a packet (what a gear hook
-        does unless a subclass overrides it)."""
-        self._ops[packet.ptype](packet.connection, packet.data)
+        self._handleSubmitReduce(packet, True)
 
     def handleSubmitJobSched(self, packet):
         self._invalidCommand(packet)
@@ -336,70 +301,40 @@ class PacketHandlers(object):
 
     # -- packet handlers: workers ---------------------------------------------
 
-    def _jobSource(self):
-        """How a GRAB gets its job, decided once: the default scheduler,
-        or a subclass's getJobForConnection followed by the assignment
-        bookkeeping (an override may have done only part of it)."""
-        get = self.getJobForConnection
-        if not self._overridden('getJobForConnection'):
-            return get
-        assign = self._assignJob
-
-        def source(conn):
-            job = get(conn)
-            if job is not None:
-                assign(conn, job)
-            return job
-        return source
-
-    def _grabOp(self, kind):
-        """The GRAB_JOB* operation answering with ``kind``."""
-        server = self
-        source = self._jobSource()
-        if kind == constants.JOB_ASSIGN:
-            send = self.sendJobAssign
-        elif kind == constants.JOB_ASSIGN_UNIQ:
-            send = self.sendJobAssignUniq
+    def handleGrabJob(self, packet):
+        conn = packet.connection
+        job = self._grab(conn)
+        if job is None:
+            self._send(conn, _NO_JOB)
         else:
-            send_all = self.sendJobAssignAll
-            send_uniq = self.sendJobAssignUniq
+            self.sendJobAssign(conn, job)
 
-            def send(conn, job):
-                if job.reducer is not None:
-                    send_all(conn, job)
-                else:
-                    send_uniq(conn, job)
+    def handleGrabJobUniq(self, packet):
+        conn = packet.connection
+        job = self._grab(conn)
+        if job is None:
+            self._send(conn, _NO_JOB)
+        else:
+            self.sendJobAssignUniq(conn, job)
 
-        def op(conn, payload):
-            if conn.state == 'SLEEP':
-                server._unsleep(conn)
-            job = None if server._draining else source(conn)
-            if job is None:
-                server._send(conn, _NO_JOB)
-            else:
-                send(conn, job)
-        return op
+    def handleGrabJobAll(self, packet):
+        conn = packet.connection
+        job = self._grab(conn)
+        if job is None:
+            self._send(conn, _NO_JOB)
+        elif job.reducer is not None:
+            self.sendJobAssignAll(conn, job)
+        else:
+            self.sendJobAssignUniq(conn, job)
 
-    def _preSleepOp(self, conn, payload):
+    def handlePreSleep(self, packet):
+        conn = packet.connection
         conn.state = 'SLEEP'
-        if not self._draining and \
-                self.getJobForConnection(conn, peek=True) is not None:
+        if not self._draining and self.getJobForConnection(conn, peek=True):
             self._wakeOne(conn)
             return
         for fq in conn._fqs:
             fq.sleepers[conn] = None
-
-    def handleGrabJob(self, packet):
-        self._op(packet)
-
-    def handleGrabJobUniq(self, packet):
-        self._op(packet)
-
-    def handleGrabJobAll(self, packet):
-        self._op(packet)
-
-    def handlePreSleep(self, packet):
-        self._op(packet)
 
     def _registerFunction(self, conn, name, timeout):
         if self.acl is not None and not self.acl.canRegister(
@@ -538,10 +473,8 @@ class PacketHandlers(object):
     def _passthrough(self, ptype, finished, conn, data):
         end = data.find(b'\x00')
         handle = data if end < 0 else data[:end]
-        # A job a worker may report on is among its own assignments.
-        job = conn.related_jobs.get(handle)
-        links = None if job is None else job._links
-        if links is None or links.worker is not conn or \
+        job = self.queue.jobs.get(handle)
+        if job is None or job.worker_connection is not conn or \
                 (job._state & STATE) != RUNNING:
             if len(handle) > MAX_HANDLE:
                 self.sendError(conn, b'ARGUMENT_TOO_LARGE',
@@ -556,7 +489,7 @@ class PacketHandlers(object):
             fields = data.split(b'\x00', 2)
             job.numerator = fields[1] if len(fields) > 1 else b'0'
             job.denominator = fields[2] if len(fields) > 2 else b'0'
-        clients = links.clients
+        clients = job.clients
         if clients:
             if ptype == constants.WORK_EXCEPTION:
                 exc = fail = None

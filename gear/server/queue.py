@@ -30,7 +30,6 @@ import heapq
 from gear import constants
 from gear.server.handles import HandleIndex
 from gear.server.jobs import (
-    JobLinks,
     QUEUED, EPOCH, DETACHED, RUNNING, DONE, STATE, FLAGS)
 
 HIGH = constants.PRECEDENCE_HIGH
@@ -408,11 +407,7 @@ class JobQueue(object):
         fq.running += 1
         self.running += 1
         job._state = (job._state & FLAGS) | RUNNING
-        links = job._links
-        if links is None:
-            job._links = JobLinks(None, connection)
-        else:
-            links.worker = connection
+        job.worker_connection = connection
 
     # -- removal -------------------------------------------------------------
 

@@ -164,6 +164,17 @@ class Scheduling(object):
         if self.stats is not None:
             self._updateStats()
 
+    def _grab(self, conn):
+        if conn.state == 'SLEEP':
+            self._unsleep(conn)
+        if self._draining:
+            return None
+        job = self.getJobForConnection(conn)
+        if job is not None and self._overridden('getJobForConnection'):
+            # An override may have done only part of the bookkeeping.
+            self._assignJob(conn, job)
+        return job
+
     def _unsleep(self, conn):
         conn.state = 'AWAKE'
         for fq in conn._fqs:

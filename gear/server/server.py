@@ -19,7 +19,6 @@ rest of the server is mixed in: packet handlers from
 """
 
 import errno
-import functools
 import heapq
 import itertools
 import logging
@@ -27,7 +26,6 @@ import os
 import select
 import socket
 import ssl
-import struct
 import threading
 import time
 
@@ -38,6 +36,7 @@ from gear.protocol import (
     DEFAULT_MAX_PACKET_SIZE, MessageScanner, Packet, PacketTooLarge, pack)
 from gear.server import accepting
 from gear.server import admin as admin_mod
+from gear.server import fastpath
 from gear.server import handlers
 from gear.server import jobs as jobstates
 from gear.server import scheduling
@@ -72,12 +71,6 @@ MAX_PREFIX = 63 - 21
 STORE_LOG_INTERVAL = 60.0
 
 _packet_trusted = Packet._trusted
-_pack_res = struct.Struct('!4sII').pack
-# The work results a worker reports; gear's hooks for them all go
-# through handlePassthrough.
-_WORK_TYPES = frozenset((
-    constants.WORK_COMPLETE, constants.WORK_FAIL, constants.WORK_EXCEPTION,
-    constants.WORK_DATA, constants.WORK_WARNING, constants.WORK_STATUS))
 
 _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK)
 
@@ -88,7 +81,7 @@ def _default_prefix():
 
 
 class Server(handlers.PacketHandlers, scheduling.Scheduling,
-             admin_mod.AdminHandlers):
+             fastpath.FastPaths, admin_mod.AdminHandlers):
     """A Gearman job server.
 
     The positional arguments are gear's; everything after ``tcp_keepcnt``
@@ -349,63 +342,15 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         table = [self._invalidCommand] * (constants.MAX_TYPE + 1)
         for ptype, name in names.items():
             table[ptype] = getattr(self, name)
-        self._submit = self._makeSubmit()
-        self._ops = self._buildOps()
-        self._scanner = MessageScanner(self._dispatchTable(names, table),
-                                       self._otherPacket, self._adminLine,
+        # An override of handlePacket sees every packet (gear's contract).
+        self._hooked_packets = self._overridden('handlePacket')
+        fast = self._buildFastHandlers(names, table)
+        # Type 0 is no packet type: the same path as an unknown one.
+        fast[0] = self._typeZero
+        self._scanner = MessageScanner(fast, self._otherPacket,
+                                       self._adminLine,
                                        self.max_packet_size)
         return table
-
-    def _buildOps(self):
-        """Packet type -> the server's own operation, f(conn, payload),
-        for the types that have one; the gear hooks of these types are
-        adapters over them."""
-        C = constants
-        ops = {}
-        for ptype, (precedence, background) in C.SUBMIT_TYPES.items():
-            ops[ptype] = self._submitOp(precedence, background)
-        ops[C.SUBMIT_JOB_EPOCH] = self._submitEpochOp
-        ops[C.SUBMIT_REDUCE_JOB] = self._submitReduceOp(False)
-        ops[C.SUBMIT_REDUCE_JOB_BACKGROUND] = self._submitReduceOp(True)
-        ops[C.GRAB_JOB] = self._grabOp(C.JOB_ASSIGN)
-        ops[C.GRAB_JOB_UNIQ] = self._grabOp(C.JOB_ASSIGN_UNIQ)
-        ops[C.GRAB_JOB_ALL] = self._grabOp(C.JOB_ASSIGN_ALL)
-        ops[C.PRE_SLEEP] = self._preSleepOp
-        for ptype in (C.WORK_COMPLETE, C.WORK_FAIL, C.WORK_EXCEPTION):
-            ops[ptype] = functools.partial(self._passthrough, ptype, True)
-        for ptype in (C.WORK_DATA, C.WORK_WARNING, C.WORK_STATUS):
-            ops[ptype] = functools.partial(self._passthrough, ptype, False)
-        # Registration has no reply; a CI worker sends thousands at once.
-        ops[C.CAN_DO] = self._canDo
-        ops[C.CANT_DO] = self._unregisterFunction
-        return ops
-
-    def _dispatchTable(self, names, table):
-        """Packet type -> f(conn, payload), decided once per server.
-
-        With statistics, or a subclass overriding handlePacket (gear's
-        contract: it sees every packet), every packet goes through
-        handlePacket.  Otherwise a type whose gear hook is overridden
-        calls that hook with a Packet, and the others run the server's
-        operation directly, without building a Packet.
-        """
-        partial = functools.partial
-        self._hooked_packets = self._overridden('handlePacket')
-        passthrough = self._overridden('handlePassthrough')
-        out = [self._typeZero]
-        for ptype in range(1, constants.MAX_TYPE + 1):
-            name = names.get(ptype)
-            op = self._ops.get(ptype)
-            hooked = op is None or self._overridden(name) or (
-                passthrough and ptype in _WORK_TYPES)
-            if self._timed or self._hooked_packets:
-                out.append(partial(self._dispatchTimed, ptype))
-            elif hooked:
-                out.append(partial(self._dispatchPacket, table[ptype],
-                                   ptype))
-            else:
-                out.append(op)
-        return out
 
     def _overridden(self, name):
         return getattr(type(self), name, None) is not getattr(Server, name)
@@ -964,19 +909,6 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self._lostConnection(conn)
 
     # -- writing --------------------------------------------------------------
-
-    def _sendPacket(self, conn, ptype, data):
-        """Queue one reply packet, written straight into the output."""
-        out = conn.send_queue
-        if out:
-            out += _pack_res(RES, ptype, len(data))
-            out += data
-            if len(out) > self.max_output_buffer:
-                self._outputOverflow(conn)
-        elif not conn.closed:
-            self._dirty.append(conn)
-            out += _pack_res(RES, ptype, len(data))
-            out += data
 
     def _send(self, conn, data):
         out = conn.send_queue
