@@ -1,4 +1,4 @@
-"""The Gearman job server: one event-loop thread, gearmand semantics.
+"""The Gearman job server: one event-loop thread.
 
 The loop (``_pollLoop``) waits on epoll (or any ``selectors`` backend),
 accepts on the non-blocking listening socket, reads each readable socket
