@@ -386,6 +386,17 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                 self.log.exception("Cannot replay stored job %r", record)
         if stored:
             self.log.info("Replayed %d stored background jobs", len(stored))
+        if self._store_flush is not None:
+            # Rows replay had to re-key: commit them now, so that no batch
+            # is open when the loop starts (probe() needs none).
+            try:
+                self._store_flush()
+            except Exception as e:
+                discard = getattr(self.store, 'discard', None)
+                if discard is not None:
+                    discard()
+                raise StoreError("Job store could not be written at "
+                                 "start: %s: %s" % (type(e).__name__, e))
 
     def _replayOne(self, record, now):
         name = _to_bytes(record.name)
