@@ -604,7 +604,7 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self._storeFailed('commit', error)
         kept = set()
         for job in lost:
-            if uncommitted.get(job):
+            if uncommitted.get(job) and job.clients:
                 # A foreground job a background submit adopted: its own
                 # clients keep it, in memory only.
                 job.background = False
