@@ -13,7 +13,7 @@ import fixtures
 
 from gear import constants as c
 from gear.protocol import pack
-from gear.server.store import JobStore
+from gear.server.store import JobStore, StoredJob, StoreError
 
 from tests.functional.test_server_base import ServerTestCase, wait_for
 
@@ -185,3 +185,20 @@ class TestFailingStore(CommitRuleTestCase):
         self.assertEqual(0, self.store.pending_removals)
         # No warning per removal or per probe.
         self.assertEqual(2, len(self.warnings()))
+
+
+class TestReplay(ServerTestCase):
+
+    def test_rekeyed_rows_are_committed_before_serving(self):
+        store = FlakyStore()
+        store.load = lambda: [StoredJob(None, b'fn', b'u', b'd', 0, 0)]
+        server = self.makeServer(store=store)
+        self.assertEqual([], store.batch)
+        handle, = store.rows
+        self.assertIn(handle, server.jobs)
+
+    def test_a_store_that_cannot_commit_them_refuses_the_start(self):
+        store = FlakyStore()
+        store.load = lambda: [StoredJob(None, b'fn', b'u', b'd', 0, 0)]
+        store.fail_commits = 1
+        self.assertRaises(StoreError, self.makeServer, store=store)
