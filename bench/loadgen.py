@@ -1082,16 +1082,23 @@ def build_servers(opts):
         return [(name, factory)], []
     factories, skipped = [], []
     for name in opts.servers.split(','):
-        name = name.strip()
-        try:
-            servers_mod.make_server(name, opts.gear016_python,
-                                    opts.base_root).stop()
-        except servers_mod.ServerUnavailable as e:
-            skipped.append((name, str(e)))
-            continue
-        factories.append((name, lambda name=name: servers_mod.make_server(
-            name, opts.gear016_python, opts.base_root)))
+        for store in opts.stores:
+            def factory(name=name.strip(), store=store):
+                return servers_mod.add_store(servers_mod.make_server(
+                    name, opts.gear016_python, opts.base_root), store)
+            try:
+                probe = factory()
+                label = probe.name
+                probe.stop()
+            except servers_mod.ServerUnavailable as e:
+                skipped.append((_store_label(name.strip(), store), str(e)))
+                continue
+            factories.append((label, factory))
     return factories, skipped
+
+
+def _store_label(name, store):
+    return name if store == 'none' else '%s+%s' % (name, store)
 
 
 def parse_args(argv=None):
@@ -1142,11 +1149,19 @@ def parse_args(argv=None):
                    help='another checkout whose geard runs as geard-base')
     p.add_argument('--gear016-python', default=None,
                    help='Python of a separate environment with gear 0.16')
+    p.add_argument('--store', default='none',
+                   help='comma list of job stores every server runs with '
+                   'in turn: %s (default none)'
+                   % ', '.join(servers_mod.STORES))
     p.add_argument('--load', choices=LOADS + ('both',), default='raw',
                    help='load processes: raw sockets (default), gear.Client'
                    ' and gear.Worker ("library"), or both in turn')
     opts = p.parse_args(argv)
     opts.loads = LOADS if opts.load == 'both' else (opts.load,)
+    opts.stores = [s.strip() for s in opts.store.split(',')]
+    for store in opts.stores:
+        if store not in servers_mod.STORES:
+            p.error('unknown store %r' % store)
     if opts.scenario == 'all':
         opts.scenarios = list(SCENARIOS)
     else:

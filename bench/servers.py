@@ -34,6 +34,10 @@ PYPY = 'pypy3'
 # deployments.
 TUNED_BUCKETS = 1000003
 
+# Job stores accepted by --store: a server given one persists every
+# background job (geard --store; gearmand -q libsqlite3 or -q Postgres).
+STORES = ('none', 'sqlite', 'postgresql')
+
 _CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
 
 # A logging setup that keeps the Python servers quiet: their -d mode
@@ -305,6 +309,67 @@ def check_geard():
     except Exception as e:
         raise ServerUnavailable('geard: importing gear failed: %s: %s'
                                 % (type(e).__name__, e))
+
+
+_POSTGRESQL = []
+
+
+def _postgresql():
+    """The benchmarks' own PostgreSQL (fsync on), started on first use
+    and removed at exit."""
+    if not _POSTGRESQL:
+        from bench import pgcluster
+        reason = pgcluster.missing()
+        if reason:
+            raise ServerUnavailable('postgresql: %s' % reason)
+        cluster = pgcluster.Cluster(durable=True)
+        atexit.register(cluster.destroy)
+        _POSTGRESQL.append(cluster)
+    return _POSTGRESQL[0]
+
+
+def _gearmand_has(option):
+    if not os.access(GEARMAND, os.X_OK):
+        return False
+    out = subprocess.run([GEARMAND, '--help'], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, timeout=30).stdout
+    return option.encode() in out
+
+
+def add_store(server, store):
+    """Give a built server a fresh, empty job store of kind ``store``;
+    its name becomes ``<name>+<store>``."""
+    if store in (None, 'none'):
+        return server
+    name = server.name
+    if name not in ('geard', 'gearmand', 'gearmand-mt'):
+        raise ServerUnavailable('%s: no %s store' % (name, store))
+    gearmand = name != 'geard'
+    if server._tmpdir is None:
+        server._tmpdir = tempfile.mkdtemp(prefix='bench-store-')
+    if store == 'sqlite':
+        path = os.path.join(server._tmpdir, 'store.db')
+        if gearmand and not _gearmand_has('--libsqlite3-db'):
+            raise ServerUnavailable('%s: no libsqlite3 queue' % name)
+        extra = (['--queue-type=libsqlite3', '--libsqlite3-db=%s' % path]
+                 if gearmand else ['--store', path])
+    elif store == 'postgresql':
+        if gearmand and not _gearmand_has('--libpq-conninfo'):
+            raise ServerUnavailable('%s: no Postgres queue' % name)
+        cluster = _postgresql()
+        database = 'bench_%s' % os.path.basename(server._tmpdir).replace(
+            '-', '_').lower()
+        cluster.create_database(database)
+        extra = (['--queue-type=Postgres',
+                  '--libpq-conninfo=%s' % cluster.conninfo(database)]
+                 if gearmand else ['--store', cluster.url(database)])
+    else:
+        raise ServerUnavailable('unknown store %r (known: %s)'
+                                % (store, ', '.join(STORES)))
+    argv_for_port = server._argv_for_port
+    server._argv_for_port = lambda port: argv_for_port(port) + extra
+    server.name = '%s+%s' % (name, store)
+    return server
 
 
 def make_server(name, gear016_python=None, base_root=None):

@@ -222,6 +222,14 @@ class BaseClientServer(object):
         with self._activation_lock:
             try:
                 self._onConnect(conn)
+            except (ConnectionError, OSError) as e:
+                # The server went away again at once (say, it is shutting
+                # down): an ordinary failed attempt, retried as one.
+                self.log.debug("Lost %s during on-connect tasks: %s",
+                               conn, e)
+                self._connect_errors[conn] = e
+                conn.disconnect()
+                return False
             except Exception:
                 self.log.exception("Exception while performing on-connect"
                                    " tasks for %s", conn)

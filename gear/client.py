@@ -6,7 +6,7 @@ import threading
 import time
 import uuid
 
-from gear import constants
+from gear import constants, hashing
 from gear.base import BaseClient
 from gear.connection import (
     GetStatusTask, GetStatusUniqueTask, OptionReqTask, SubmitJobTask)
@@ -21,6 +21,10 @@ from gear.util import convert_to_bytes, to_text
 def _handle_of(packet):
     """The job handle of a WORK_* packet (see protocol.work_handle)."""
     return work_handle(packet.getArgument(0))
+
+
+def _server_key_of(conn):
+    return hashing.server_key(conn.host, conn.port)
 
 
 class Client(BaseClient):
@@ -46,6 +50,14 @@ class Client(BaseClient):
     #: Seconds a server may take to answer an echo after it failed to
     #: answer a submission in time; if it does not, it is disconnected.
     probe_timeout = 5.0
+
+    #: With several servers, send a job that has a unique to the server
+    #: its unique hashes to (the next one in the key's order if that one
+    #: is down), so that equal uniques from any client meet on one
+    #: server and coalesce; ``getStatusUnique`` asks that server first.
+    #: Jobs without a unique still go to the servers in turn.  False
+    #: restores gear 0.16's turn-taking for every job.
+    hash_uniques = True
 
     def __init__(self, client_id='unknown', exceptions=True,
                  resubmit=False, resubmit_timeout=60, job_callback=None):
@@ -99,6 +111,8 @@ class Client(BaseClient):
         :raises GearmanError: no connected server accepted the job.
         """
         unique = job.binary_unique
+        conns = self._connectionsFor(
+            hashing.routing_key(unique, job.binary_arguments))
         if background and unique is None:
             # Without a unique, gearmand's persistent queues would let
             # such jobs overwrite one another.
@@ -109,7 +123,6 @@ class Client(BaseClient):
             precedence, when)
         packet = Packet(constants.REQ, ptype, payload)
 
-        conns = self._connectionsInTurn()
         if not conns:
             raise NoConnectedServersError("No connected Gearman servers")
         for conn in conns:
@@ -136,6 +149,22 @@ class Client(BaseClient):
                 job._precedence = precedence
             return
         raise GearmanError("Unable to submit job to any connected servers")
+
+    def _connectionsFor(self, unique):
+        """The active connections in the order a submission of ``unique``
+        tries them: by rendezvous hashing of the unique when
+        :attr:`hash_uniques` is on, else the next in turn first."""
+        if not unique or not self.hash_uniques:
+            return self._connectionsInTurn()
+        with self.connections_condition:
+            active = self.active_connections[:]
+            configured = active + self.inactive_connections
+        if len(configured) < 2:
+            return active
+        live = set(map(id, active))
+        return [conn for conn in hashing.rendezvous_order(
+                    unique, configured, _server_key_of)
+                if id(conn) in live]
 
     def _probe(self, conn):
         """Drop ``conn`` if it does not answer an echo either."""
@@ -215,7 +244,11 @@ class Client(BaseClient):
         return job
 
     def getStatusUnique(self, unique, timeout=30):
-        """Look a job up by its unique on every connected server.
+        """Look a job up by its unique on the connected servers.
+
+        With :attr:`hash_uniques` on, the servers are asked one by one in
+        the unique's hash order (its owner first) until one knows it;
+        otherwise all of them at once.
 
         :returns: ``(known, running, numerator, denominator,
             waiting_clients)`` from the first server that knows it, or
@@ -224,10 +257,30 @@ class Client(BaseClient):
         :raises TimeoutError: no server answered in time.
         """
         unique = convert_to_bytes(unique)
-        with self.connections_condition:
-            conns = self.active_connections[:]
+        if self.hash_uniques and unique:
+            conns = self._connectionsFor(unique)
+            rounds = [[conn] for conn in conns]
+        else:
+            with self.connections_condition:
+                conns = self.active_connections[:]
+            rounds = [conns]
         if not conns:
             raise NoConnectedServersError("No connected Gearman servers")
+        deadline = time.monotonic() + timeout
+        answered = False
+        for group in rounds:
+            result, replied = self._askStatusUnique(group, unique, deadline)
+            answered = answered or replied
+            if result is not None:
+                return result
+        if not answered:
+            raise TimeoutError("no server answered a status request for"
+                               " unique %r within %gs" % (unique, timeout))
+        return (False, False, b'0', b'0', 0)
+
+    def _askStatusUnique(self, conns, unique, deadline):
+        """Send GET_STATUS_UNIQUE to ``conns``; return (the first known
+        result or None, whether any server answered)."""
         tasks = []
         for conn in conns:
             task = GetStatusUniqueTask(unique)
@@ -240,8 +293,7 @@ class Client(BaseClient):
                 self._lostConnection(conn)
                 continue
             tasks.append(task)
-        deadline = time.monotonic() + timeout
-        answered = False
+        answered = not tasks
         for task in tasks:
             remaining = max(0.0, deadline - time.monotonic())
             if not task.wait(remaining) and task.abandon():
@@ -250,11 +302,8 @@ class Client(BaseClient):
                 continue
             answered = True
             if task.result[0]:
-                return task.result
-        if tasks and not answered:
-            raise TimeoutError("no server answered a status request for"
-                               " unique %r within %gs" % (unique, timeout))
-        return (False, False, b'0', b'0', 0)
+                return task.result, True
+        return None, answered
 
     # Replies
 

@@ -129,11 +129,21 @@ def build_parser():
                         type=_non_negative, default=None, metavar='N',
                         help='requeues allowed when a worker is lost, '
                              'then the job fails (default: unlimited)')
-    parser.add_argument('--store', dest='store', metavar='PATH',
-                        help='SQLite file that keeps background jobs '
-                             'across restarts; checked completely at '
-                             'start and locked (PATH.lock) while geard '
-                             'runs')
+    parser.add_argument('--store', dest='store', metavar='PATH|URL',
+                        help='where background jobs survive restarts: a '
+                             'SQLite file (checked completely at start and '
+                             'locked as PATH.lock while geard runs), or a '
+                             'postgresql:// URL (shared by several '
+                             'servers)')
+    parser.add_argument('--server-id', dest='server_id', metavar='ID',
+                        help='with a PostgreSQL store: the id this '
+                             "server's jobs are stored under (default: "
+                             'the job handle prefix)')
+    parser.add_argument('--adopt', dest='adopt', action='append',
+                        metavar='ID', default=[],
+                        help='with a PostgreSQL store: at start, take over '
+                             'the stored jobs of the stopped server ID '
+                             '(may be repeated)')
     parser.add_argument('--store-sync', dest='store_sync',
                         choices=('normal', 'full'), default='normal',
                         help='normal: a stored job survives the server '
@@ -195,6 +205,24 @@ _PATH_OPTIONS = ('log_config', 'pidfile', 'ssl_ca', 'ssl_cert', 'ssl_key',
                  'acl', 'store')
 
 
+def is_store_url(store):
+    """True for a ``--store`` that names a PostgreSQL database."""
+    from gear.server.store import POSTGRESQL_SCHEMES
+    return bool(store) and store.startswith(POSTGRESQL_SCHEMES)
+
+
+def store_label(store):
+    """``--store`` for messages: a URL without its password."""
+    if not is_store_url(store):
+        return store
+    from urllib.parse import urlsplit
+    parts = urlsplit(store)
+    if parts.password is None:
+        return store
+    netloc = parts.netloc.replace(':' + parts.password + '@', ':***@', 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def parse_args(argv=None, environ=None):
     """Parse flags and the statsd environment into one namespace.
 
@@ -208,8 +236,14 @@ def parse_args(argv=None, environ=None):
      args.statsd_prefix) = _statsd_from_env(environ, parser)
     for name in _PATH_OPTIONS:
         value = getattr(args, name)
-        if value:
+        if value and not (name == 'store' and is_store_url(value)):
             setattr(args, name, os.path.abspath(value))
+    if is_store_url(args.store):
+        if args.store_sync != 'normal':
+            parser.error('--store-sync is for SQLite stores; set '
+                         "PostgreSQL's synchronous_commit instead")
+    elif args.server_id or args.adopt:
+        parser.error('--server-id and --adopt need a postgresql:// --store')
     tls = (args.ssl_ca, args.ssl_cert, args.ssl_key)
     if any(tls) and not all(tls):
         parser.error('--ssl-ca, --ssl-cert and --ssl-key must be given '
@@ -239,7 +273,13 @@ def server_kwargs(args, acl=None):
         value = getattr(args, name)
         if value is not None:
             kwargs[name] = value
-    if args.store and args.store_sync != 'normal':
+    if is_store_url(args.store) and (args.server_id or args.adopt):
+        from gear.server.pg_store import PgStore
+        from gear.server.server import _default_prefix
+        server_id = args.server_id or args.job_handle_prefix or \
+            _default_prefix()
+        kwargs['store'] = PgStore(args.store, server_id, adopt=args.adopt)
+    elif args.store and args.store_sync != 'normal':
         from gear.server.sqlite_store import SqliteStore
         kwargs['store'] = SqliteStore(args.store, synchronous=args.store_sync,
                                       group_commit=True)
@@ -379,7 +419,8 @@ def describe_server_error(args, e):
         if args.store and 'store' in str(e).lower():
             if args.store in str(e):
                 return str(e)
-            return 'cannot use job store %s: %s' % (args.store, e)
+            return 'cannot use job store %s: %s' % (store_label(args.store),
+                                                    e)
         return 'bad configuration: %s' % (e,)
     if isinstance(e, OSError) and not getattr(e, 'filename', None):
         return 'cannot listen on %s: %s' % (_listen_label(args),

@@ -4,9 +4,12 @@ Each configured server gets its own :class:`gear.Client` (a
 :class:`_ServerClient`), so that the facade, not gear's round-robin,
 decides where each request goes, as python-gearman did: every request
 gets its own shuffled order of servers and moves to the next one only when
-a server cannot be reached.  The gear Clients' reply hooks hand each
-packet to a :class:`~gear.gearman.tracking.RequestTracker`, which updates
-the GearmanJobRequest; the caller's thread waits on the tracker.
+a server cannot be reached.  A request whose caller chose the unique gets
+the unique's rendezvous-hash order instead (:mod:`gear.hashing`), so that
+equal uniques from any client reach the same server and coalesce.  The
+gear Clients' reply hooks hand each packet to a
+:class:`~gear.gearman.tracking.RequestTracker`, which updates the
+GearmanJobRequest; the caller's thread waits on the tracker.
 
 Submissions are synchronous (gear's submitJob waits for JOB_CREATED), so
 a request is never left PENDING: it ends up CREATED, FAILED (the server
@@ -23,7 +26,9 @@ import threading
 import weakref
 
 import gear
+from gear import hashing
 from gear.connection import SubmitJobTask
+from gear.util import convert_to_bytes
 
 from gear.gearman.constants import (
     JOB_UNKNOWN, PRECEDENCE_FOR_PRIORITY, PRIORITY_NONE)
@@ -148,6 +153,12 @@ class GearmanClient(object):
     #: Seconds to wait for a server that is still connecting before
     #: moving on to the next one.  A refused connection moves on at once.
     connect_timeout = 10.0
+
+    #: Send a request whose unique the caller chose to the server the
+    #: unique hashes to (the next in the key's order when that one is
+    #: unreachable).  False: every request gets a shuffled order, as in
+    #: python-gearman.
+    hash_uniques = True
 
     def __init__(self, host_list=None, random_unique_bytes=16):
         self.host_list = parse_host_list(host_list)
@@ -348,9 +359,7 @@ class GearmanClient(object):
             raise ServerUnavailable('No servers in host_list')
         rotation = getattr(request, '_server_rotation', None)
         if not rotation:
-            servers = list(self.host_list)
-            random.shuffle(servers)
-            rotation = collections.deque(servers)
+            rotation = collections.deque(self._server_order(request))
             request._server_rotation = rotation
         for skipped, address in enumerate(list(rotation)):
             client = self._client_for(address)
@@ -369,6 +378,26 @@ class GearmanClient(object):
             return client
         raise ServerUnavailable('Found no valid connections in list: %r'
                                 % (self.host_list,))
+
+    def _server_order(self, request):
+        """The order in which ``request`` tries the servers."""
+        servers = list(self.host_list)
+        key = None
+        if self.hash_uniques and len(servers) > 1 and \
+                not getattr(request, '_unique_generated', False):
+            job = request.job
+            unique = convert_to_bytes(job.unique or b'')
+            # Only a '-' unique is hashed by the payload.
+            payload = self.data_encoder.encode(job.data) \
+                if unique == b'-' else b''
+            key = hashing.routing_key(unique, convert_to_bytes(payload))
+        if key:
+            return hashing.rendezvous_order(
+                key, servers,
+                lambda address: hashing.server_key(address.host,
+                                                   address.port))
+        random.shuffle(servers)
+        return servers
 
     @staticmethod
     def _demote(request, address):

@@ -90,8 +90,9 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
     :arg job_retries: requeues allowed after a job loses its worker before
         its clients get WORK_FAIL (None: unlimited; 0: fail at the first
         loss).
-    :arg store: None (memory only), a SQLite path, or a store object
-        (:mod:`gear.server.store`) for background jobs.
+    :arg store: None (memory only), a SQLite path, a ``postgresql://``
+        URL (its rows go under the handle prefix as server id), or a store
+        object (:mod:`gear.server.store`) for background jobs.
     :arg bool exceptions: the ``exceptions`` option every new connection
         starts with.
     :arg job_handle_prefix: handles are ``<prefix>:<n>``; default
@@ -208,7 +209,7 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         # gear 0.16's set of function names.
         self.functions = self.queue.names
 
-        self.store = open_store(store)
+        self.store = open_store(store, server_id=prefix)
         self._persist = getattr(self.store, 'persistent', True)
         # Stores that batch writes commit once per loop turn, before the
         # JOB_CREATED replies of that turn are sent.  _store_acked holds

@@ -47,6 +47,9 @@ class StoreError(ConfigurationError):
     completely, or is in use by another server."""
 
 
+#: URL schemes that name a PostgreSQL store.
+POSTGRESQL_SCHEMES = ('postgresql://', 'postgres://')
+
 StoredJob = collections.namedtuple(
     'StoredJob', 'handle name unique arguments precedence when')
 
@@ -94,15 +97,20 @@ class NullStore(JobStore):
         pass
 
 
-def open_store(spec):
+def open_store(spec, server_id=None):
     """Return a store for the Server's ``store`` argument.
 
-    None gives a :class:`NullStore`; a string is a SQLite file path
+    None gives a :class:`NullStore`; a ``postgresql://`` URL a
+    :class:`~gear.server.pg_store.PgStore` writing under ``server_id``;
+    another string is a SQLite file path
     (``gear.server.sqlite_store.SqliteStore``); anything else is used as
     the store object itself.
     """
     if spec is None:
         return NullStore()
+    if isinstance(spec, str) and spec.startswith(POSTGRESQL_SCHEMES):
+        from gear.server.pg_store import PgStore
+        return PgStore(spec, server_id)
     if isinstance(spec, str):
         try:
             from gear.server.sqlite_store import SqliteStore
