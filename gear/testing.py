@@ -28,7 +28,9 @@ whose CN is the subject ACLs refer to::
     worker.addServer(*server.connect_args(cn='builder'))
 
 Any other keyword argument is passed to :class:`gear.Server` unchanged
-(``job_retries=0``, ``exceptions=True``, ...).  The server is shut down
+(``job_retries=0``, ``exceptions=True``, ...).  Like ``gear.Server``,
+the fixture keeps gear 0.16's job semantics unless told otherwise;
+``semantics='gearmand'`` tests against geard's.  The server is shut down
 and the certificates removed at cleanup.
 """
 

@@ -256,10 +256,10 @@ class AdminHandlers(object):
             self._adminReply(request, error(b'UNKNOWN_ERROR'))
             return
         job = self.queue.jobs.get(words[2])
-        if job is None or job.ignore:
+        if job is None or job.ignore or \
+                not self._semantics.cancel(self, job):
             self._adminReply(request, b'ERR UNKNOWN_JOB\r\n')
             return
-        self._cancelJob(job)
         self._adminReply(request, OK)
 
     def handleCreateFunction(self, request):

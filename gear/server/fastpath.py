@@ -174,6 +174,10 @@ class FastPaths(object):
         def handler(conn, payload):
             conn.state = 'SLEEP'
             fqs = conn._fqs
+            names = conn.functions
+            if names is not conn._synced or len(names) != len(fqs):
+                server._syncFunctions(conn)
+                fqs = conn._fqs
             if fqs and not server._draining:
                 if q.epoch_count:
                     server._promoteDue(fqs)
@@ -287,6 +291,13 @@ class FastPaths(object):
                         server._assignJob(conn, job)
                 else:
                     fqs = conn._fqs
+                    names = conn.functions
+                    if names is not conn._synced or \
+                            len(names) != len(fqs):
+                        # Edited outside any hook (see
+                        # getJobForConnection).
+                        server._syncFunctions(conn)
+                        fqs = conn._fqs
                     if fqs:
                         if q.epoch_count:
                             server._promoteDue(fqs)

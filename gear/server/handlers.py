@@ -106,22 +106,27 @@ class PacketHandlers(object):
         self._submit(packet.connection, name, unique, arguments,
                      precedence, background)
 
-    def _storeJob(self, conn, job):
+    def _storeJob(self, conn, job, adopted=False):
         """Persist a background job before its JOB_CREATED goes out.
 
-        On failure the submitter gets QUEUE_ERROR and False is returned.
+        While the store fails, or if it refuses the job, the submitter
+        gets QUEUE_ERROR and False is returned.  Otherwise the reply the
+        caller appends next waits for the commit (the store-commit rule,
+        ``_commitStore``).
         """
+        if self._store_down and not self._storeRecovered():
+            self.sendError(conn, b'QUEUE_ERROR', b'Job store is failing')
+            return False
         try:
             self.store.add(job)
         except Exception as e:
-            self.log.exception("Job store refused %s", job.handle)
             self.sendError(conn, b'QUEUE_ERROR',
                            str(e).encode('utf8', 'replace') or
                            b'Job store error')
+            self._storeFailed('write of %s' % (job.handle,), e)
             return False
         if self._store_flush is not None:
-            self._store_acked.append(conn)
-            self._uncommitted[job] = None
+            self._awaitCommit(conn, job, adopted=adopted)
         return True
 
     def _adoptInBackground(self, conn, job):
@@ -132,7 +137,7 @@ class PacketHandlers(object):
         store, survives a restart.  Their WORK_* updates are unchanged.
         """
         job.background = True
-        if self._persist and not self._storeJob(conn, job):
+        if self._persist and not self._storeJob(conn, job, adopted=True):
             job.background = False
             return False
         return True
@@ -169,22 +174,7 @@ class PacketHandlers(object):
         if key is not None:
             job = fq.uniques.get(key)
             if job is not None:
-                if job in self._uncommitted:
-                    # Acknowledged only if the job's commit this turn
-                    # succeeds; otherwise this submitter is dropped too.
-                    self._store_acked.append(conn)
-                if background:
-                    if not job.background and \
-                            not self._adoptInBackground(conn, job):
-                        return
-                else:
-                    if job.clients is None:
-                        job.clients = [conn]
-                    else:
-                        job.clients.append(conn)
-                    conn.related_jobs[job.handle] = job
-                self._send(conn, pack(RES, constants.JOB_CREATED,
-                                      job.handle))
+                self._coalesce(conn, job, background)
                 return
         if fq.limits is not None and q.isFull(fq, precedence):
             self.sendError(conn, b'QUEUE_ERROR', b'Job queue is full')
@@ -239,6 +229,25 @@ class PacketHandlers(object):
             self._wakeFunction(fq)
         if self.stats is not None:
             self._updateStats()
+
+    def _coalesce(self, conn, job, background):
+        """A submission with the unique of a job that exists: attach.
+
+        The reply to a submit coalesced into a job whose add is not
+        committed yet waits for the same commit (and is QUEUE_ERROR if
+        that fails)."""
+        if background and not job.background:
+            if not self._adoptInBackground(conn, job):
+                return
+        elif job in self._uncommitted:
+            self._awaitCommit(conn, job, background)
+        if not background:
+            if job.clients is None:
+                job.clients = [conn]
+            else:
+                job.clients.append(conn)
+            conn.related_jobs[job.handle] = job
+        self._send(conn, pack(RES, constants.JOB_CREATED, job.handle))
 
     def handleSubmitJob(self, packet):
         self._handleSubmitJob(packet, NORMAL)
@@ -394,15 +403,17 @@ class PacketHandlers(object):
         return True
 
     def _requeueUnregistered(self, conn, names, reason):
-        """The policy for jobs a worker runs of functions it gave up:
-        they go back to their queue at once.  One pass over the jobs of
-        the connection, whatever the number of ``names``."""
+        """The jobs a worker runs of functions it gave up go to the
+        semantics' policy (requeued, or left to the worker).  One pass
+        over the jobs of the connection, whatever the number of
+        ``names``."""
         if not conn.related_jobs:
             return
+        unregistered = self._semantics.unregistered
         for job in list(conn.related_jobs.values()):
             if job.worker_connection is conn and \
                     (job._state & STATE) == RUNNING and job.name in names:
-                self._requeueJob(job, reason)
+                unregistered(self, job, reason)
 
     def _unregisterFunction(self, conn, name):
         if self._dropFunction(conn, name):

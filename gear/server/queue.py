@@ -146,6 +146,35 @@ class FunctionTable(dict):
         self._queue.dropFunction(name)
 
 
+class FunctionNames(set):
+    """The names of every known function: gear 0.16's ``Server.functions``.
+
+    A set, as it was, that the queue keeps in step with its functions;
+    :meth:`add` (what gear's subclasses call, Zuul's MASS_DO handler
+    for one) also creates the function's queue.
+    """
+
+    __slots__ = ('_queue',)
+
+    def __init__(self, queue):
+        super(FunctionNames, self).__init__()
+        self._queue = queue
+
+    def add(self, name):
+        if isinstance(name, str):
+            name = name.encode('utf8')
+        self._queue.function(name)
+
+    def discard(self, name):
+        """Forget ``name`` unless workers or jobs still use it."""
+        self._queue.dropFunction(name)
+
+    def remove(self, name):
+        if name not in self:
+            raise KeyError(name)
+        self.discard(name)
+
+
 class JobQueue(object):
     """All functions, all jobs, and the operations the server needs.
 
@@ -156,6 +185,7 @@ class JobQueue(object):
 
     def __init__(self, handle_prefix=None):
         self.functions = FunctionTable(self)  # name -> FunctionQueue
+        self.names = FunctionNames(self)  # the same names, as a set
         # handle -> ServerJob; handles made of ``handle_prefix`` and the
         # counter are indexed by number (see gear.server.handles).
         self.jobs = HandleIndex(handle_prefix)
@@ -183,6 +213,7 @@ class JobQueue(object):
         if fq is None:
             fq = self.functions[name] = FunctionQueue(
                 name, self.limits.get(name))
+            set.add(self.names, name)
         return fq
 
     def setLimits(self, name, limits):
@@ -214,6 +245,7 @@ class JobQueue(object):
         if fq.workers or fq.total:
             return 'busy'
         del self.functions[name]
+        set.discard(self.names, name)
         return None
 
     # -- adding and queueing ---------------------------------------------

@@ -67,9 +67,9 @@ class Scheduling(object):
         even if nothing is acknowledged (or a crash would replay it)."""
         try:
             self.store.remove(job)
-        except Exception:
-            self.log.exception("Cannot remove %s from the job store",
-                               job.handle)
+        except Exception as e:
+            # The store keeps the removal pending and writes it later.
+            self._storeFailed('removal of %s' % (job.handle,), e)
         if self._store_flush is not None and not self._store_acked:
             self._store_acked.append(None)
 
@@ -96,11 +96,7 @@ class Scheduling(object):
                           job.handle, job.retries, reason)
             if metrics is not None:
                 metrics.gaveUp(job)
-            if job.clients:
-                fail = pack(RES, constants.WORK_FAIL, job.handle)
-                for c in job.clients:
-                    self._send(c, fail)
-            self._finishJob(job)
+            self._failJob(job)
             return
         if self._debug:
             self.log.debug("Requeueing %s (%s)", job.handle, reason)
@@ -108,6 +104,14 @@ class Scheduling(object):
             metrics.requeued(job)
         self.queue.requeue(job)
         self._wakeFunction(job._fq)
+
+    def _failJob(self, job):
+        """A job ends in failure: its clients get WORK_FAIL."""
+        if job.clients:
+            fail = pack(RES, constants.WORK_FAIL, job.handle)
+            for c in job.clients:
+                self._send(c, fail)
+        self._finishJob(job)
 
     def _jobTimedOut(self, job):
         del job._timer
@@ -126,6 +130,13 @@ class Scheduling(object):
         assigned to ``connection``.
         """
         fqs = connection._fqs
+        functions = connection.functions
+        if functions is not connection._synced or \
+                len(functions) != len(fqs):
+            # Code outside any hook replaced or edited the set (as
+            # Zuul's GearServer may): follow it.
+            self._syncFunctions(connection)
+            fqs = connection._fqs
         if not fqs:
             return None
         q = self.queue

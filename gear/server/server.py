@@ -1,4 +1,4 @@
-"""The Gearman job server: one event-loop thread, gearmand semantics.
+"""The Gearman job server: one event-loop thread.
 
 The loop (``_pollLoop``) waits on epoll (or any ``selectors`` backend),
 accepts on the non-blocking listening socket, reads each readable socket
@@ -33,7 +33,7 @@ from gear import constants
 from gear.base import PACKET_HANDLERS
 from gear.errors import ConfigurationError, ProtocolError
 from gear.protocol import (
-    DEFAULT_MAX_PACKET_SIZE, MessageScanner, Packet, PacketTooLarge)
+    DEFAULT_MAX_PACKET_SIZE, MessageScanner, Packet, PacketTooLarge, pack)
 from gear.server import accepting
 from gear.server import admin as admin_mod
 from gear.server import fastpath
@@ -41,6 +41,7 @@ from gear.server import handlers
 from gear.server import jobs as jobstates
 from gear.server import metrics as metrics_mod
 from gear.server import scheduling
+from gear.server import semantics as semantics_mod
 from gear.server import stats as stats_mod
 from gear.server.connection import (
     ServerAdminRequest, ServerConnection, subject_from_cert)
@@ -67,6 +68,8 @@ RECV_SIZE = 64 * 1024
 MAX_POLL_WAIT = 3600.0
 # A handle is <prefix>:<n>, at most 63 bytes; n has at most 20 digits.
 MAX_PREFIX = 63 - 21
+# Store errors that do not stop the store are logged at most this often.
+STORE_LOG_INTERVAL = 60.0
 
 _packet_trusted = Packet._trusted
 
@@ -139,6 +142,10 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
     #: attributes of their own on jobs.
     job_class = None
 
+    #: Seconds between two tries of a failing store (or of one with
+    #: removals still to write).
+    store_probe_interval = 1.0
+
     def __init__(self, port=4730, ssl_key=None, ssl_cert=None, ssl_ca=None,
                  statsd_host=None, statsd_port=8125, statsd_prefix=None,
                  server_id=None, acl=None, host=None, keepalive=False,
@@ -154,6 +161,7 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
             raise ConfigurationError("semantics must be one of %s" %
                                      ", ".join(self.SEMANTICS))
         self.semantics = semantics
+        self._semantics = semantics_mod.POLICIES[semantics]
         self.port = port
         self.host = host
         self.ssl_key = ssl_key
@@ -203,19 +211,25 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         self.normal_queue = self.queue.normal_queue
         self.low_queue = self.queue.low_queue
         self.jobs = self.queue.jobs
-        self.functions = self.queue.functions
+        # gear 0.16's set of function names.
+        self.functions = self.queue.names
 
         self.store = open_store(store, server_id=prefix)
         self._persist = getattr(self.store, 'persistent', True)
         # Stores that batch writes commit once per loop turn, before the
         # JOB_CREATED replies of that turn are sent.  _store_acked holds
-        # the connections waiting for that commit (None: a removal).
+        # the replies waiting for that commit, as (connection, offset in
+        # its output, job), or None for a removal.
         self._store_flush = getattr(self.store, 'flush', None) \
             if self._persist else None
         self._store_acked = []
         # Background jobs stored this turn but not committed yet; if the
         # commit fails they never existed (see _commitStore).
         self._uncommitted = {}
+        # True while the store fails (see _storeCheck).
+        self._store_down = False
+        self._store_quiet_until = 0.0
+        self._probe_timer = None
 
         self.statsd = None
         self.stats = None
@@ -382,6 +396,17 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
                 self.log.exception("Cannot replay stored job %r", record)
         if stored:
             self.log.info("Replayed %d stored background jobs", len(stored))
+        if self._store_flush is not None:
+            # Rows replay had to re-key: commit them now, so that no batch
+            # is open when the loop starts (probe() needs none).
+            try:
+                self._store_flush()
+            except Exception as e:
+                discard = getattr(self.store, 'discard', None)
+                if discard is not None:
+                    discard()
+                raise StoreError("Job store could not be written at "
+                                 "start: %s: %s" % (type(e).__name__, e))
 
     def _replayOne(self, record, now):
         name = _to_bytes(record.name)
@@ -549,12 +574,22 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         if event & _EV_WRITE and not conn.closed:
             self.writeToConnection(conn)
 
+    # -- the store-commit rule ------------------------------------------------
+
+    def _awaitCommit(self, conn, job, background=True, adopted=False):
+        """Hold the JOB_CREATED that ``conn`` is about to be sent for
+        ``job`` until the job's add is committed.  Nothing else is
+        appended to the output in between, and output only leaves after
+        a commit, so its offset stays valid until then.  ``adopted``: a
+        foreground job that a background submit made background."""
+        self._store_acked.append(
+            (conn, len(conn.send_queue), job, background))
+        if job not in self._uncommitted:
+            self._uncommitted[job] = adopted
+
     def _commitStore(self):
         """The store-commit rule: a background job is committed before
-        its JOB_CREATED leaves.  If the commit fails, the jobs of the
-        turn never existed: they leave every index (a retried submit
-        with the same unique is a fresh job), and every connection
-        acknowledged for them is closed instead."""
+        its JOB_CREATED leaves.  Every acknowledging path waits here."""
         acked = self._store_acked
         uncommitted = self._uncommitted
         self._store_acked = []
@@ -563,33 +598,133 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
         start = time.monotonic() if metrics is not None else 0.0
         try:
             self._store_flush()
-            if metrics is not None:
-                metrics.committed(time.monotonic() - start)
-        except Exception:
+        except Exception as e:
             if metrics is not None:
                 metrics.committed(time.monotonic() - start, False)
-            self.log.exception("Job store commit failed; the clients of "
-                               "this turn's background jobs are "
-                               "disconnected instead of acknowledged")
-            discard = getattr(self.store, 'discard', None)
-            if discard is not None:
-                try:
-                    discard()
-                except Exception:
-                    pass
-            for job in uncommitted:
-                if job.clients:
-                    # A foreground job some background submit adopted:
-                    # its own clients keep it, in memory only.
-                    job.background = False
-                else:
-                    self._finishJob(job, stored=False)
-            for conn in acked:
-                if conn is None:  # a removal only
-                    continue
-                conn.send_queue.clear()
-                self._lostConnection(conn)
-            self._updateStats()
+            self._commitFailed(acked, uncommitted, e)
+            return
+        if metrics is not None:
+            metrics.committed(time.monotonic() - start)
+        if self._store_down or getattr(self.store, 'pending_removals', 0):
+            self._storeCheck()
+
+    def _commitFailed(self, acked, uncommitted, error):
+        """The jobs of a failed batch never existed: they leave every
+        index (a retry with the same unique is a fresh job), and their
+        submitters, those coalesced into them included, get QUEUE_ERROR
+        in place of JOB_CREATED.  A foreground job that a background
+        submit adopted stays, as a foreground job, for its clients."""
+        lost = set(uncommitted)
+        discard = getattr(self.store, 'discard', None)
+        if discard is not None:
+            try:
+                handles = discard() or ()
+            except Exception:
+                self.log.exception("Job store could not discard a batch")
+                handles = ()
+            for handle in handles:
+                job = self.queue.jobs.get(handle)
+                if job is not None:
+                    lost.add(job)
+        self._storeFailed('commit', error)
+        kept = set()
+        for job in lost:
+            if uncommitted.get(job) and job.clients:
+                # A foreground job a background submit adopted: its own
+                # clients keep it, in memory only.
+                job.background = False
+                kept.add(job)
+            else:
+                self._finishJob(job, stored=False)
+        refused = pack(RES, constants.ERROR,
+                       b'QUEUE_ERROR\x00Job store commit failed')
+        # Last first, so that earlier offsets of a connection hold.
+        for entry in reversed(acked):
+            if entry is None:  # a removal only
+                continue
+            conn, offset, job, background = entry
+            if conn.closed or job not in lost or \
+                    (job in kept and not background):
+                continue
+            created = pack(RES, constants.JOB_CREATED, job.handle)
+            out = conn.send_queue
+            end = offset + len(created)
+            if out[offset:end] == created:
+                out[offset:end] = refused
+            else:
+                self.log.error("Lost track of the reply to %s on %s; "
+                               "disconnecting it", job.handle, conn)
+                out.clear()
+                self._deferClose(conn)
+        self._updateStats()
+
+    def _storeFailed(self, what, error):
+        """A store call failed.  Logged once when the store starts
+        failing (and at most once a minute while it stays healthy, e.g.
+        removals that will be retried), never once per job."""
+        down = self._store_down
+        self._storeCheck(error)
+        if down or self._store_down:
+            if self._debug:
+                self.log.debug("Job store %s failed: %s", what, error)
+            return
+        now = time.monotonic()
+        if now >= self._store_quiet_until:
+            self._store_quiet_until = now + STORE_LOG_INTERVAL
+            self.log.warning("Job store %s failed: %s; it will be retried",
+                             what, error)
+
+    def _storeCheck(self, error=None):
+        """Follow the store's health: background submits are refused
+        while it fails, and a timer probes it until it works and every
+        pending removal is written.  Logs the start and the end."""
+        store = self.store
+        down = not getattr(store, 'healthy', True)
+        if down != self._store_down:
+            self._store_down = down
+            if down:
+                self.log.warning(
+                    "Job store commit failed: %s; background submits get "
+                    "QUEUE_ERROR until the store works again", error)
+            else:
+                self.log.warning("Job store works again; background "
+                                 "submits are accepted")
+        if (down or getattr(store, 'pending_removals', 0)) and \
+                self._probe_timer is None:
+            self._probe_timer = self._addTimer(
+                self.store_probe_interval, self._probeStore, None)
+
+    def _storeRecovered(self):
+        """While the store fails, a background submit tries it once
+        (with no add pending) before it is refused, so that the first
+        job after the store recovers is accepted."""
+        if self._uncommitted:
+            return False
+        try:
+            self.store.probe()
+        except Exception:
+            self.log.exception("Job store probe failed")
+        self._storeCheck()
+        return not self._store_down
+
+    def _probeStore(self, _):
+        """The probe timer: between batches, try the store again."""
+        self._probe_timer = None
+        if self._store_acked:
+            # Adds of this turn: commit them (with the removals) first.
+            self._commitStore()
+            if self._probe_timer is not None:
+                return
+        store = self.store
+        if getattr(store, 'healthy', True) and \
+                not getattr(store, 'pending_removals', 0):
+            self._storeCheck()
+            return
+        try:
+            store.probe()
+        except Exception:
+            self.log.exception("Job store probe failed")
+        self._storeCheck()
 
     def _drainWakePipe(self):
         try:
@@ -981,10 +1116,11 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
 
     def _unregisterConnection(self, conn):
         self._dropAllFunctions(conn)
+        lost = self._semantics.workerLost
         for job in list(conn.related_jobs.values()):
             if job.worker_connection is conn and \
                     (job._state & STATE) == RUNNING:
-                self._requeueJob(job, 'worker disconnected')
+                lost(self, job, 'worker disconnected')
             clients = job.clients
             if clients and conn in clients:
                 job.clients = [c for c in clients if c is not conn]

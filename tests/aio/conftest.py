@@ -1,5 +1,7 @@
 """Servers for the gear.aio tests: geard in-process, and the C gearmand.
 
+"geard" is a gear.Server with geard's (gearmand's) job semantics.
+
 ``server`` is parametrized over both, so every test that takes it runs
 against each; the gearmand run is skipped, with the reason, when the
 binary is not installed.
@@ -36,7 +38,8 @@ class Target(object):
             self.fixture.restart()
         else:
             self.fixture.server.shutdown()
-            self.fixture.server = gear.Server(self.port, host=HOST)
+            self.fixture.server = gear.Server(self.port, host=HOST,
+                                              semantics='gearmand')
 
 
 def _gearmand():
@@ -52,7 +55,7 @@ def server(request):
     if request.param == 'gearmand':
         fixture = _gearmand()
     else:
-        fixture = GearServerFixture()
+        fixture = GearServerFixture(semantics='gearmand')
     fixture.setUp()
     request.addfinalizer(fixture.cleanUp)
     return Target(request.param, fixture)
@@ -61,7 +64,7 @@ def server(request):
 @pytest.fixture
 def geard():
     """An in-process geard only."""
-    fixture = GearServerFixture()
+    fixture = GearServerFixture(semantics='gearmand')
     fixture.setUp()
     yield fixture
     fixture.cleanUp()

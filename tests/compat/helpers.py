@@ -1,35 +1,15 @@
-"""Bounded waits, servers and markers for the compatibility tests.
+"""Bounded waits and servers for the compatibility tests.
 
 Self-contained on purpose: this package also runs against gear 0.16,
 where the rest of the test suite's helpers do not import.
 """
 
-import importlib.util
 import time
-
-import pytest
 
 import gear
 
 HOST = '127.0.0.1'
 WAIT = 20.0
-
-#: True when the gear under test is this project's (gear 0.16 has no
-#: gear.server package).
-OURS = importlib.util.find_spec('gear.server') is not None
-
-
-def needs_server_policy(test):
-    """For tests of gear 0.16 semantics that gear.Server keeps by default
-    once the server's compatibility policy is in place.
-
-    They must pass against gear 0.16, so they are expected to fail only
-    against ours; until then they fail by waiting out a deadline, hence
-    slow.
-    """
-    test = pytest.mark.xfail(
-        OURS, strict=True, reason='server compat policy: issue 17')(test)
-    return pytest.mark.slow(test)
 
 
 def wait_for(predicate, timeout=WAIT, what=None):

@@ -11,7 +11,7 @@ import gear
 
 from . import zuul_like
 from .helpers import (
-    HOST, WAIT, admin, needs_server_policy, start_server, stop, wait_for,
+    HOST, WAIT, admin, start_server, stop, wait_for,
     worker_functions)
 
 
@@ -132,7 +132,6 @@ def test_lost_build_is_reported_by_the_status_override(server,
     assert build.result == 'LOST'
 
 
-@needs_server_policy
 def test_cancel_queued_build_is_silent(server, executor_client):
     server.hold_jobs_in_queue = True
     build = executor_client.execute('test')
@@ -170,7 +169,6 @@ def test_cancel_running_build_with_a_stop_job(server, executor_client,
              what='the stop job to complete')
 
 
-@needs_server_policy
 def test_cancel_job_refuses_a_running_build(server, executor_client,
                                             executor):
     running, build = running_build(executor_client, executor)
@@ -187,7 +185,6 @@ def test_cancel_job_refuses_a_running_build(server, executor_client,
     assert build.result == 'SUCCESS'
 
 
-@needs_server_policy
 def test_unregister_while_a_build_runs(server, executor_client, executor):
     """The load governor unregisters while builds run; the stop job for
     one of them must still reach the executor, and the build's result
@@ -209,7 +206,6 @@ def test_unregister_while_a_build_runs(server, executor_client, executor):
     assert queued.done.wait(WAIT)
 
 
-@needs_server_policy
 def test_executor_death_fails_a_running_build(server, executor_client,
                                               executor):
     running, build = running_build(executor_client, executor)

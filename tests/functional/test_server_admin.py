@@ -10,6 +10,10 @@ from tests.functional.test_server_base import ServerTestCase, wait_for
 
 class TestAdminCommands(ServerTestCase):
 
+    # gearmand's cancel: queued or running, the clients get WORK_FAIL
+    # (gear 0.16's is in test_server_compat_policy).
+    server_options = {'semantics': 'gearmand'}
+
     def test_unknown_and_empty(self):
         admin = self.connect()
         self.assertEqual(

@@ -2,20 +2,14 @@
 
 ``Server()`` keeps gear 0.16's observable semantics where its callers
 (Zuul, Nodepool) depend on them; ``Server(semantics='gearmand')``, which
-geard runs, follows gearmand.  Tests of the default that need the
-server's compatibility policy are expected failures until it lands.
+geard runs, follows gearmand.
 """
-
-import pytest
 
 import gear
 from gear import constants as c
 from gear.cmd import geard
 
 from tests.functional.test_server_base import ServerTestCase, wait_for
-
-needs_server_policy = pytest.mark.xfail(
-    strict=True, reason='server compat policy: issue 17')
 
 
 class PolicyTestCase(ServerTestCase):
@@ -47,7 +41,6 @@ class SharedSemantics(object):
         other.canDo(b'fn')
         wait_for(lambda: other.grab(), message='the job to be requeued')
 
-    @needs_server_policy
     def test_functions_is_a_set(self):
         worker = self.connect()
         worker.canDo(b'fn')
@@ -56,6 +49,24 @@ class SharedSemantics(object):
         self.assertIn(b'fn', self.server.functions)
         self.server.functions.add(b'added')
         self.assertIn(b'added', self.server.functions)
+
+    def test_grab_follows_functions_edited_outside_hooks(self):
+        # Zuul's GearServer edits connection.functions itself.
+        client = self.connect()
+        worker = self.connect()
+        handle = client.submit(b'fn', b'data', b'u', c.SUBMIT_JOB_BG)
+        worker.sync()
+        port = worker.sock.getsockname()[1]
+        conn, = [conn for conn in self.server.active_connections
+                 if conn.port == port]
+        with self.server.lock:
+            conn.functions.add(b'fn')
+        self.assertEqual(handle, worker.grab()[0])
+        with self.server.lock:
+            conn.functions = set()
+        worker.send(c.WORK_COMPLETE, handle, b'')
+        client.submit(b'fn', b'more', b'', c.SUBMIT_JOB_BG)
+        self.assertIsNone(worker.grab())
 
     def test_unknown_packet_types_reach_handle_packet(self):
         seen = []
@@ -85,7 +96,6 @@ class TestGearSemantics(SharedSemantics, PolicyTestCase):
         self.assertRaises(gear.ConfigurationError, gear.Server, 0,
                           semantics='gearman')
 
-    @needs_server_policy
     def test_cancel_queued_job_is_silent(self):
         admin = self.connect()
         client = self.connect()
@@ -94,7 +104,6 @@ class TestGearSemantics(SharedSemantics, PolicyTestCase):
         self.assertNotIn(handle, self.server.jobs)
         self.assertNothingFor(client)
 
-    @needs_server_policy
     def test_cancel_running_job_is_refused(self):
         admin = self.connect()
         client, worker, handle = self.running()
@@ -104,7 +113,6 @@ class TestGearSemantics(SharedSemantics, PolicyTestCase):
         worker.send(c.WORK_COMPLETE, handle, b'result')
         client.expect(c.WORK_COMPLETE, handle + b'\x00result')
 
-    @needs_server_policy
     def test_cant_do_leaves_the_running_job_alone(self):
         client, worker, handle = self.running()
         other = self.connect()
@@ -117,7 +125,6 @@ class TestGearSemantics(SharedSemantics, PolicyTestCase):
         worker.send(c.WORK_COMPLETE, handle, b'late')
         client.expect(c.WORK_COMPLETE, handle + b'\x00late')
 
-    @needs_server_policy
     def test_lost_worker_fails_a_running_foreground_job(self):
         client, worker, handle = self.running()
         other = self.connect()

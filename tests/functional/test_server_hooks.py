@@ -174,8 +174,10 @@ class TestUnknownPacketTypes(ServerTestCase):
         peer.assertClosed()
 
     def test_handle_packet_sees_private_types(self):
+        # gearmand's semantics, so that dropping a function requeues.
         server = MassDoServer(0, host='127.0.0.1',
-                              job_handle_prefix='H:test')
+                              job_handle_prefix='H:test',
+                              semantics='gearmand')
         self.addCleanup(server.shutdown)
         client = self.connect(server)
         worker = self.connect(server)

@@ -171,7 +171,6 @@ def test_postgresql_restart_mid_stream(make_server, pg_url, pg_cluster):
         {j.unique.decode() for j in again.jobs.values()}
 
 
-@pytest.mark.xfail(strict=True, reason='commit rule: issue 16')
 def test_batch_failing_at_commit_gets_queue_error(make_server, pg_cluster):
     # The first batch after PostgreSQL went away fails at commit: its
     # submitter should hear QUEUE_ERROR rather than lose its connection.

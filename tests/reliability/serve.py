@@ -6,7 +6,9 @@ measure the server process alone (its RSS, its open files) while it is
 attacked.  ``store_synchronous`` (with ``store``, a path) opens the
 SQLite store with that ``synchronous`` setting.  ``nofile_after_start``
 lowers the soft file-descriptor limit once the server runs, so it meets
-the limit at accept() rather than at start.  SIGTERM stops it.
+the limit at accept() rather than at start.  Like geard, it runs
+gearmand's job semantics unless ``semantics`` says otherwise.  SIGTERM
+stops it.
 """
 
 import json
@@ -30,6 +32,7 @@ def main(argv):
         from gear.server.sqlite_store import SqliteStore
         kwargs['store'] = SqliteStore(kwargs['store'], synchronous,
                                       group_commit=True)
+    kwargs.setdefault('semantics', 'gearmand')
     nofile = kwargs.pop('nofile_after_start', None)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())

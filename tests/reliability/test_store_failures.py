@@ -5,9 +5,6 @@ or on an ext4 image the kernel turns read-only; geard runs as a child
 process and is killed with SIGKILL and restarted on the same file.  The
 rule under test: nothing is acknowledged that is not committed, nothing
 acknowledged is lost, and nothing finished is run again.
-
-Some of these wait for the server core's commit rule (issue 16,
-defect 2) and are marked xfail with that reason until it lands.
 """
 
 import sqlite3
@@ -21,8 +18,6 @@ from tests.reliability import fsfail, peers, servers
 
 COMMIT_FAILED = 'Job store commit failed'
 TIMEOUT = 30.0
-
-DEFECT_2 = 'commit rule: issue 16 defect 2'
 
 
 def submit(port, fn, unique, data=None):
@@ -120,7 +115,6 @@ class TestDiskFull(StoreFailureTestCase):
         self.assertEqual([], work(self.port, 'fin', 100))
         self.assertEqual(['l0'], work(self.port, 'later', 100))
 
-    @pytest.mark.xfail(strict=True, reason=DEFECT_2)
     def test_failed_removals_are_written_without_new_traffic(self):
         # Once the disk has room again the server retries on its own
         # (a store probe on a timer); nothing else happens meanwhile.
@@ -141,7 +135,6 @@ class TestDiskFull(StoreFailureTestCase):
                 db.close()
         peers.wait_for(removed, TIMEOUT, 'the removals to be committed')
 
-    @pytest.mark.xfail(strict=True, reason=DEFECT_2)
     def test_submits_while_commits_fail_get_queue_error(self):
         self.start()
         self.assertEqual('created', submit(self.port, 'bg', 'before')[0])
