@@ -120,32 +120,6 @@ class FunctionQueue(object):
             self.name, self.queued, self.epoch_count, self.running)
 
 
-class FunctionTable(dict):
-    """name -> FunctionQueue, that also reads as gear's set of names.
-
-    gear 0.16's ``Server.functions`` was a set of function names, and its
-    subclasses call ``server.functions.add(name)``: iteration and ``in``
-    already see names, and :meth:`add` creates the function's queue.
-    Being a plain dict otherwise keeps lookups at C speed.
-    """
-
-    __slots__ = ('_queue',)
-
-    def __init__(self, queue):
-        super(FunctionTable, self).__init__()
-        self._queue = queue
-
-    def add(self, name):
-        """Make ``name`` a known function (as ``set.add``)."""
-        if isinstance(name, str):
-            name = name.encode('utf8')
-        self._queue.function(name)
-
-    def discard(self, name):
-        """Forget ``name`` if nothing uses it (as ``set.discard``)."""
-        self._queue.dropFunction(name)
-
-
 class FunctionNames(set):
     """The names of every known function: gear 0.16's ``Server.functions``.
 
@@ -184,7 +158,7 @@ class JobQueue(object):
     """
 
     def __init__(self, handle_prefix=None):
-        self.functions = FunctionTable(self)  # name -> FunctionQueue
+        self.functions = {}  # name -> FunctionQueue
         self.names = FunctionNames(self)  # the same names, as a set
         # handle -> ServerJob; handles made of ``handle_prefix`` and the
         # counter are indexed by number (see gear.server.handles).

@@ -368,22 +368,25 @@ class TestServerJob(testtools.TestCase):
         self.assertTrue(job.running)
 
 
-class TestFunctionTable(QueueTestCase):
-    """Server.functions also behaves as gear 0.16's set of names."""
+class TestFunctionNames(QueueTestCase):
+    """Server.functions is gear 0.16's set of names, kept in step with
+    the function queues."""
 
     def test_add_and_discard_like_a_set(self):
-        functions = self.q.functions
-        functions.add(b'a')
-        functions.add('b')
-        functions.add(b'a')
-        self.assertEqual([b'a', b'b'], sorted(functions))
-        self.assertIn(b'b', functions)
-        self.assertEqual(b'a', functions[b'a'].name)
-        functions.discard(b'b')
-        functions.discard(b'missing')
-        self.assertEqual([b'a'], list(functions))
+        names = self.q.names
+        names.add(b'a')
+        names.add('b')
+        names.add(b'a')
+        self.assertEqual([b'a', b'b'], sorted(names))
+        self.assertIn(b'b', names)
+        self.assertEqual(b'a', self.q.functions[b'a'].name)
+        names.discard(b'b')
+        names.discard(b'missing')
+        self.assertEqual([b'a'], sorted(names))
+        self.assertEqual([b'a'], sorted(self.q.functions))
 
     def test_discard_keeps_a_function_in_use(self):
         self.submit(b'busy')
-        self.q.functions.discard(b'busy')
+        self.q.names.discard(b'busy')
+        self.assertIn(b'busy', self.q.names)
         self.assertIn(b'busy', self.q.functions)
