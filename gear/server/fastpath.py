@@ -204,6 +204,7 @@ class FastPaths(object):
         background = jobstates.BACKGROUND
         metrics = self.metrics
         kind = metrics_mod.RESULT_KINDS[ptype]
+        ended = metrics.ended.append if metrics is not None else None
 
         def handler(conn, data):
             end = data.find(b'\x00')
@@ -218,7 +219,8 @@ class FastPaths(object):
                 passthrough(ptype, True, conn, data)
                 return
             if metrics is not None:
-                metrics.finished(job, kind)
+                # Recorder.finished(), inlined.
+                ended((job, kind, metrics.now))
             clients = links.clients
             if clients:
                 if metrics is not None:

@@ -5,8 +5,10 @@ thread.  Its work per transition is a method call, a few integer
 increments into plain lists and, for timings, a clock read: no lock, no
 prometheus_client object, no logging.  Counters live in a
 :class:`FunctionStats` that the function's queue points to, so no name
-is looked up either.  Histograms are filled when a worker finishes a job
-(wait and run time together), with fixed bucket bounds.
+is looked up either.  A job a worker finishes is only appended to
+:attr:`Recorder.ended`; :meth:`Recorder.flush` counts such jobs in
+batches and files their wait and run times into histograms with fixed
+bucket bounds, before any snapshot is copied.
 
 A job's submission time is not stored on the job: the server numbers its
 handles in order, so the recorder keeps a short list of (highest job
@@ -36,8 +38,11 @@ Call sites in the server (each behind ``if metrics is not None``):
 * a job handed to a worker: :meth:`Recorder.started` (scheduling
   ``_assignJob``, fastpath grab handler);
 * a worker's WORK_COMPLETE / WORK_FAIL / WORK_EXCEPTION:
-  :meth:`Recorder.finished` (handlers ``_passthrough``, fastpath result
-  handler);
+  :meth:`Recorder.finished` (handlers ``_passthrough``; the fastpath
+  result handler appends to ``Recorder.ended`` itself);
+* ended jobs counted: :meth:`Recorder.flush` (server.py ``_pollTurns``
+  when the list is long or ``flush_due`` passed; :meth:`Recorder.sweep`,
+  which every capture runs first);
 * a job given back to its queue, or failed after its retries:
   :meth:`Recorder.requeued` / :meth:`Recorder.gaveUp` (scheduling
   ``_requeueJob``); a CAN_DO_TIMEOUT: :meth:`Recorder.timedOut`
@@ -89,6 +94,12 @@ MARK_RESOLUTION = 0.001
 #: Past this many marks the older half is thinned (every other one goes),
 #: so old jobs' ages get coarser while memory stays bounded.
 MAX_MARKS = 8192
+#: Ended jobs noted before :meth:`Recorder.flush` counts them, at most
+#: (plus one loop turn's worth).
+FLUSH_AT = 4096
+#: Ended jobs wait at most about this long (seconds) to be counted, so
+#: the dashboard's rates, read from another thread, stay current.
+FLUSH_INTERVAL = 0.2
 #: How often (seconds) the bookkeeping of jobs that are gone is dropped.
 SWEEP_INTERVAL = 10.0
 #: Samples kept for the dashboard's charts (one a second: ten minutes).
@@ -162,6 +173,10 @@ class Recorder(object):
         #: mark() when the counter has moved on.
         self.marked = max_handle
         self._next_sweep = now + SWEEP_INTERVAL
+        #: (job, kind, turn time) of jobs workers finished, not yet
+        #: counted: see :meth:`flush`.  Never rebound.
+        self.ended = []
+        self.flush_due = now + FLUSH_INTERVAL
         self.packets_in = 0
         self.bytes_in = 0
         self.packets_out = 0
@@ -225,6 +240,8 @@ class Recorder(object):
         """Forget jobs that ended by a path that does not report here
         (cancelled, abandoned, dropped)."""
         self._next_sweep = (now or self._clock()) + SWEEP_INTERVAL
+        # Ended jobs keep their start time until they are counted.
+        self.flush()
         for table, alive in ((self._running, _RUNNING),
                              (self._requeued, _QUEUED)):
             gone = [job for job in table if job._state & _STATE != alive]
@@ -253,49 +270,76 @@ class Recorder(object):
 
     def finished(self, job, kind):
         """A worker finished ``job``; ``kind`` is COMPLETED, FAILED or
-        EXCEPTION (see :data:`RESULT_KINDS`).  Counts it, and times its
-        wait and its run."""
-        now = self.now
-        st = job._fq.stats
-        if st is None:
-            st = self._attach(job._fq)
-        st.counts[kind] += 1
-        start = self._running.pop(job, None)
-        if start is None:
+        EXCEPTION (see :data:`RESULT_KINDS`).  Only noted here: the fast
+        path appends to :attr:`ended` itself, and :meth:`flush` counts
+        and times the batch."""
+        self.ended.append((job, kind, self.now))
+
+    def flush(self):
+        """Count the jobs in :attr:`ended` and time their wait and run.
+
+        Runs on the loop thread: when the list grows past
+        :data:`FLUSH_AT`, at least every :data:`FLUSH_INTERVAL` while
+        jobs end, and before a capture or a sweep, so counters are exact
+        in every snapshot and memory stays bounded.
+        """
+        ended = self.ended
+        self.flush_due = self.now + FLUSH_INTERVAL
+        if not ended:
             return
-        # Turn times never go back: start <= now, and a job's marks and
-        # requeue time are no later than its start.
-        run = now - start
-        t = int(run * _FINE)
-        st.run[_FINE_BUCKET[t] if t < _FINE_LIMIT
-               else _bisect(TIME_BOUNDS, run)] += 1
-        st.run_sum += run
+        batch = ended[:]
+        # The fast paths hold this very list: empty it in place.
+        del ended[:]
+        pop_start = self._running.pop
         requeued = self._requeued
-        if requeued and job in requeued:
-            since = requeued.pop(job)
-        else:
-            # createdAt(), inlined: this runs once per job.
-            try:
-                n = int(job.handle[self._plen:])
-            except (ValueError, TypeError):
-                n = 0
-            marks = self._mark_n
-            i = self._hint
-            if not (i < len(marks) and marks[i] < n and
-                    (i + 1 == len(marks) or marks[i + 1] >= n)):
-                i = _bisect(marks, n) - 1
-                if i < 0:
-                    i = 0
-                self._hint = i
-            since = self._mark_t[i]
-            links = job._links
-            if links is not None and links.extra:
-                since = min(start, self._epoch(links.extra, since, now))
-        wait = start - since
-        t = int(wait * _FINE)
-        st.wait[_FINE_BUCKET[t] if t < _FINE_LIMIT
-                else _bisect(TIME_BOUNDS, wait)] += 1
-        st.wait_sum += wait
+        plen = self._plen
+        marks = self._mark_n
+        nmarks = len(marks)
+        mark_t = self._mark_t
+        i = self._hint
+        fine = _FINE_BUCKET
+        attach = self._attach
+        for job, kind, now in batch:
+            fq = job._fq
+            st = fq.stats
+            if st is None:
+                st = attach(fq)
+            st.counts[kind] += 1
+            start = pop_start(job, None)
+            if start is None:
+                continue
+            # Turn times never go back: start <= now, and a job's marks
+            # and requeue time are no later than its start.
+            run = now - start
+            t = int(run * _FINE)
+            st.run[fine[t] if t < _FINE_LIMIT
+                   else _bisect(TIME_BOUNDS, run)] += 1
+            st.run_sum += run
+            if requeued and job in requeued:
+                since = requeued.pop(job)
+            else:
+                # createdAt(), inlined: jobs mostly end in the order
+                # they were created, so the previous mark is tried first.
+                try:
+                    n = int(job.handle[plen:])
+                except (ValueError, TypeError):
+                    n = 0
+                if not (i < nmarks and marks[i] < n and
+                        (i + 1 == nmarks or marks[i + 1] >= n)):
+                    i = _bisect(marks, n) - 1
+                    if i < 0:
+                        i = 0
+                since = mark_t[i]
+                links = job._links
+                if links is not None and links.extra:
+                    since = min(start, self._epoch(
+                        links.extra, since, self._clock()))
+            wait = start - since
+            t = int(wait * _FINE)
+            st.wait[fine[t] if t < _FINE_LIMIT
+                    else _bisect(TIME_BOUNDS, wait)] += 1
+            st.wait_sum += wait
+        self._hint = i
 
     def requeued(self, job):
         """A job lost its worker and went back to its queue."""

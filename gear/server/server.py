@@ -520,14 +520,28 @@ class Server(handlers.PacketHandlers, scheduling.Scheduling,
             if timers:
                 timeout = min(MAX_POLL_WAIT,
                               max(0.0, timers[0][0] - time.monotonic()))
+            if metrics is not None and metrics.ended and not (
+                    0 <= timeout <= metrics_mod.FLUSH_INTERVAL):
+                # Ended jobs are counted within FLUSH_INTERVAL, idle or
+                # not (the dashboard's rates read the counters).
+                timeout = metrics_mod.FLUSH_INTERVAL
             try:
                 events = poll(timeout)
             except InterruptedError:
                 continue
             with lock:
                 if metrics is not None:
-                    metrics.now = monotonic()
-                    if queue.max_handle != metrics.marked:
+                    metrics.now = turn = monotonic()
+                    ended = metrics.ended
+                    if ended and (turn >= metrics.flush_due or
+                                  len(ended) >= metrics_mod.FLUSH_AT):
+                        metrics.flush()
+                    # Recorder.mark() only notes a turn MARK_RESOLUTION
+                    # after the last mark; the test here spares the call.
+                    if queue.max_handle != metrics.marked and (
+                            turn - metrics._mark_t[-1] >=
+                            metrics_mod.MARK_RESOLUTION or
+                            turn >= metrics._next_sweep):
                         metrics.mark(queue.max_handle)
                     if metrics.capture_request is not None:
                         metrics.serveCapture(self)

@@ -80,6 +80,7 @@ class RecorderTestCase(testtools.TestCase):
         self.tick(0.001)
         for job in (first, second):
             self.recorder.finished(job, metrics.COMPLETED)
+        self.recorder.flush()
         st = self.recorder.functions[b'fn']
         self.assertEqual(2, st.counts[metrics.COMPLETED])
         self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(2.5)])
@@ -96,6 +97,7 @@ class RecorderTestCase(testtools.TestCase):
                                      constants.WORK_FAIL,
                                      constants.WORK_EXCEPTION)):
             self.recorder.finished(job, metrics.RESULT_KINDS[ptype])
+        self.recorder.flush()
         st = self.recorder.functions[b'fn']
         for kind in (metrics.COMPLETED, metrics.FAILED, metrics.EXCEPTION):
             self.assertEqual(1, st.counts[kind])
@@ -103,6 +105,25 @@ class RecorderTestCase(testtools.TestCase):
         self.assertAlmostEqual(0.06, st.run_sum)
         self.assertEqual(3, sum(st.wait))
         self.assertEqual(3, metrics.done(self.recorder))
+        self.assertEqual({}, self.recorder._running)
+
+    def test_ended_jobs_are_counted_by_the_sweep_before_a_capture(self):
+        # A finished job is only noted; the sweep that every capture
+        # runs first counts it, with the turn time it ended in.
+        self.tick()
+        job = self.server.submit(self.recorder, b'fn')
+        self.server.start(self.recorder, job)
+        self.tick(0.02)
+        self.recorder.finished(job, metrics.COMPLETED)
+        self.tick(5.0)
+        st = self.recorder.functions[b'fn']
+        self.assertEqual(0, st.counts[metrics.COMPLETED])
+        self.assertEqual(1, len(self.recorder.ended))
+        self.recorder.sweep()
+        self.assertEqual([], self.recorder.ended)
+        self.assertEqual(1, st.counts[metrics.COMPLETED])
+        self.assertEqual(1, st.run[metrics.TIME_BOUNDS.index(0.025)])
+        self.assertAlmostEqual(0.02, st.run_sum)
         self.assertEqual({}, self.recorder._running)
 
     def test_a_requeued_job_waits_from_its_requeue(self):
@@ -116,6 +137,7 @@ class RecorderTestCase(testtools.TestCase):
         self.server.start(self.recorder, job)
         self.tick(0.0008)
         self.recorder.finished(job, metrics.COMPLETED)
+        self.recorder.flush()
         st = self.recorder.functions[b'fn']
         self.assertEqual(1, st.counts[metrics.REQUEUED])
         self.assertEqual(1, sum(st.wait))
