@@ -488,6 +488,10 @@ class HTTPServer(object):
     def _drop(self, client):
         sock = client.sock
         self._clients.pop(sock.fileno(), None)
+        self._forget(sock)
+
+    def _forget(self, sock):
+        """Stop watching ``sock`` and close it, whatever state it is in."""
         try:
             self._selector.unregister(sock)
         except (KeyError, ValueError):
@@ -501,12 +505,5 @@ class HTTPServer(object):
         for client in list(self._clients.values()):
             self._drop(client)
         for sock in (self.socket, self._wake_r, self._wake_w):
-            try:
-                self._selector.unregister(sock)
-            except (KeyError, ValueError):
-                pass
-            try:
-                sock.close()
-            except OSError:
-                pass
+            self._forget(sock)
         self._selector.close()
