@@ -5,15 +5,13 @@ without it; open commands answer both, the others deny the second with
 ``ERR PERMISSION_DENIED`` and leave the server as it was.
 """
 
-import socket
-import ssl
 import time
 
 import gear
 from gear import constants as c
 from gear.server.admin import ADMIN_RIGHTS
 from tests.functional.test_tls import (
-    WAIT, Refused, TLSTestCase, TLSWire, wait_for)
+    WAIT, TLSTestCase, TLSWire, wait_for)
 
 DENIED = b'ERR PERMISSION_DENIED Permission+denied+by+ACL\r\n'
 
@@ -31,19 +29,7 @@ class AdminWire(TLSWire):
         self.sock.sendall(line + b'\n')
         deadline = time.monotonic() + WAIT
         while not self._line_reply_complete(multiline):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError('timed out; have %r' % (self.buf,))
-            self.sock.settimeout(remaining)
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                raise AssertionError('timed out; have %r' % (self.buf,))
-            except (ssl.SSLError, ConnectionError) as e:
-                raise Refused(e)
-            if not data:
-                raise Refused('connection closed; have %r' % (self.buf,))
-            self.buf += data
+            self._receive(deadline)
         reply, self.buf = self.buf, b''
         return reply
 

@@ -73,19 +73,24 @@ class TLSWire(object):
 
     def _fill(self, needed, deadline):
         while len(self.buf) < needed:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError('timed out; have %r' % (self.buf,))
-            self.sock.settimeout(remaining)
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                raise AssertionError('timed out; have %r' % (self.buf,))
-            except (ssl.SSLError, ConnectionError) as e:
-                raise Refused(e)
-            if not data:
-                raise Refused('connection closed')
-            self.buf += data
+            self._receive(deadline)
+
+    def _receive(self, deadline):
+        """Add what arrives next to ``buf``, by ``deadline`` at the latest;
+        a refusal or a close raises :class:`Refused`."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError('timed out; have %r' % (self.buf,))
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            raise AssertionError('timed out; have %r' % (self.buf,))
+        except (ssl.SSLError, ConnectionError) as e:
+            raise Refused(e)
+        if not data:
+            raise Refused('connection closed; have %r' % (self.buf,))
+        self.buf += data
 
     def read(self, timeout=WAIT):
         """(ptype, [arguments]) of the next packet."""
