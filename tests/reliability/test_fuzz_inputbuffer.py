@@ -108,6 +108,39 @@ def normal(message):
     return message[:2]
 
 
+def damage(msgs, where, how, junk, max_size):
+    """Damage the stream of ``msgs`` at one place.
+
+    Returns the damaged bytes, the messages that end at or before the
+    damage (intact), and the packet size limit to parse with: a message
+    larger than ``max_size`` among the intact ones raises the limit, since
+    it would be an error, not damage.
+    """
+    stream = b''.join(m[2] for m in msgs)
+    at = where % (len(stream) + 1)
+    if how == 'flip' and at < len(stream):
+        damaged = stream[:at] + bytes([stream[at] ^ (junk[0] or 1)]) + \
+            stream[at + 1:]
+    elif how == 'insert':
+        damaged = stream[:at] + junk + stream[at:]
+    elif how == 'delete':
+        damaged = stream[:at] + stream[at + len(junk):]
+    else:
+        damaged = stream[:at]
+    intact = []
+    end = 0
+    for m in msgs:
+        end += len(m[2])
+        if end > at:
+            break
+        intact.append(normal(m))
+    limit = max_size
+    for m in intact:
+        if m[0] == 'bin' and len(m[1][2]) > limit:
+            limit = 1 << 20
+    return damaged, intact, limit
+
+
 def feed_in_chunks(buf, stream, cuts, out):
     start = 0
     for cut in sorted(set(c % (len(stream) + 1) for c in cuts)) + [
@@ -137,30 +170,7 @@ class TestInputBufferProperties(testtools.TestCase):
            st.lists(st.integers(0, 10 ** 6), max_size=20),
            st.sampled_from([64, 1024, 1 << 20]))
     def test_damaged_stream(self, msgs, where, how, junk, cuts, max_size):
-        stream = b''.join(m[2] for m in msgs)
-        at = where % (len(stream) + 1)
-        if how == 'flip' and at < len(stream):
-            damaged = stream[:at] + bytes([stream[at] ^ (junk[0] or 1)]) + \
-                stream[at + 1:]
-        elif how == 'insert':
-            damaged = stream[:at] + junk + stream[at:]
-        elif how == 'delete':
-            damaged = stream[:at] + stream[at + len(junk):]
-        else:
-            damaged = stream[:at]
-        # The messages that end at or before the damage are intact.
-        intact = []
-        end = 0
-        for m in msgs:
-            end += len(m[2])
-            if end > at:
-                break
-            intact.append(normal(m))
-        # A message larger than the limit is an error, not damage.
-        limit = max_size
-        for m in intact:
-            if m[0] == 'bin' and len(m[1][2]) > limit:
-                limit = 1 << 20
+        damaged, intact, limit = damage(msgs, where, how, junk, max_size)
         buf = InputBuffer(max_packet_size=limit)
         out = []
         try:
@@ -208,28 +218,7 @@ class TestMessageScannerProperties(testtools.TestCase):
            st.lists(st.integers(0, 10 ** 6), max_size=20),
            st.sampled_from([64, 1024, 1 << 20]))
     def test_damaged_stream(self, msgs, where, how, junk, cuts, max_size):
-        stream = b''.join(m[2] for m in msgs)
-        at = where % (len(stream) + 1)
-        if how == 'flip' and at < len(stream):
-            damaged = stream[:at] + bytes([stream[at] ^ (junk[0] or 1)]) + \
-                stream[at + 1:]
-        elif how == 'insert':
-            damaged = stream[:at] + junk + stream[at:]
-        elif how == 'delete':
-            damaged = stream[:at] + stream[at + len(junk):]
-        else:
-            damaged = stream[:at]
-        intact = []
-        end = 0
-        for m in msgs:
-            end += len(m[2])
-            if end > at:
-                break
-            intact.append(normal(m))
-        limit = max_size
-        for m in intact:
-            if m[0] == 'bin' and len(m[1][2]) > limit:
-                limit = 1 << 20
+        damaged, intact, limit = damage(msgs, where, how, junk, max_size)
         peer = Peer()
         try:
             scan_in_chunks(scanner(limit), damaged, cuts, peer)
