@@ -67,7 +67,7 @@ def measure(metrics, n):
                 t3 = time.process_time()
             finally:
                 gc.enable()
-            del server._dirty[:]
+            del server.core.dirty[:]
         return (t1 - t0) / n, (t3 - t2) / n
     finally:
         server.shutdown()

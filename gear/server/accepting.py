@@ -92,7 +92,7 @@ class AcceptThrottle(object):
         except (OSError, ValueError, KeyError):
             return
         self.paused = True
-        server._addTimer(ACCEPT_PAUSE, self._resume, None)
+        server.addTimer(ACCEPT_PAUSE, self._resume, None)
 
     def _resume(self, _):
         server = self.server
@@ -114,7 +114,7 @@ class AcceptThrottle(object):
             "logged every %d s)", reason, REPORT_INTERVAL)
         self.refused = 0
         self._reporting = True
-        self.server._addTimer(REPORT_INTERVAL, self._report, None)
+        self.server.addTimer(REPORT_INTERVAL, self._report, None)
 
     def _report(self, _):
         if not self.refused:
@@ -124,4 +124,4 @@ class AcceptThrottle(object):
             "Refused %d connection(s) in the last %d s; last reason: %s",
             self.refused, REPORT_INTERVAL, self.reason)
         self.refused = 0
-        self.server._addTimer(REPORT_INTERVAL, self._report, None)
+        self.server.addTimer(REPORT_INTERVAL, self._report, None)

@@ -110,7 +110,7 @@ class AdminHandlers(object):
     }
 
     def _adminReply(self, request, data):
-        self._send(request.connection, data)
+        self.core.send(request.connection, data)
 
     def handleAdminRequest(self, request):
         """Answer one admin line; never drops the connection."""
@@ -257,7 +257,7 @@ class AdminHandlers(object):
             return
         job = self.queue.jobs.get(words[2])
         if job is None or job.ignore or \
-                not self._semantics.cancel(self, job):
+                not self.core.semantics.cancel(self.core, job):
             self._adminReply(request, b'ERR UNKNOWN_JOB\r\n')
             return
         self._adminReply(request, OK)

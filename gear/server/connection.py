@@ -71,7 +71,8 @@ class ServerConnection(object):
 
     :arg addr: the peer address (``addr[0]`` is the host, ``addr[1]`` the
         port; gear's tests pass a plain string).
-    :arg conn: the socket.
+    :arg conn: the socket (None for a connection that only the server
+        core sees, as in its tests).
     :arg bool use_ssl: whether ``conn`` is a TLS socket.
     :arg client_id: a name for logs and ``__repr__``.
     """
@@ -124,6 +125,9 @@ class ServerConnection(object):
         self.log = logging.getLogger('gear.ServerConnection.%s' % (
             client_id.decode('utf8', 'replace')
             if isinstance(client_id, bytes) else client_id,))
+        if conn is None:
+            # No socket: the server core's own tests drive it.
+            return
         conn.setblocking(0)
         if use_ssl and not _tls_pending:
             self.ssl_subject = subject_from_cert(conn.getpeercert())

@@ -505,7 +505,8 @@ def capture(server, recorder):
         'connections': connections,
         'io': (recorder.packets_in, recorder.packets_out,
                recorder.bytes_in, recorder.bytes_out),
-        'persistent': bool(getattr(server, '_persist', False)),
+        'persistent': bool(getattr(getattr(server, 'store', None),
+                                   'persistent', False)),
         'commits': (recorder.commits[:], recorder.commit_sum,
                     recorder.commit_failures),
     }

@@ -30,7 +30,7 @@ import heapq
 from gear import constants
 from gear.server.handles import HandleIndex
 from gear.server.jobs import (
-    QUEUED, EPOCH, DETACHED, RUNNING, DONE, STATE, FLAGS)
+    QUEUED, EPOCH, DETACHED, RUNNING, DONE, STATE, FLAGS, JobLinks)
 
 HIGH = constants.PRECEDENCE_HIGH
 NORMAL = constants.PRECEDENCE_NORMAL
@@ -236,18 +236,20 @@ class JobQueue(object):
             fq.uniques[key] = job
         when = job.when
         if when and now is not None and when > now:
-            self._park(job, fq, when)
+            self.park(job, fq, when)
         else:
-            self._append(job, fq, job.precedence)
+            self.enqueue(job, fq, job.precedence)
 
-    def _park(self, job, fq, when):
+    def park(self, job, fq, when):
+        """EPOCH: wait in the function's heap until ``when``."""
         self._epoch_seq += 1
         _heappush(fq.epoch, (when, self._epoch_seq, job))
         fq.epoch_count += 1
         self.epoch_count += 1
         job._state = (job._state & FLAGS) | EPOCH
 
-    def _append(self, job, fq, p):
+    def enqueue(self, job, fq, p):
+        """QUEUED: at the tail of the (function, precedence) FIFO."""
         fq.fifos[p].append(job)
         fq.queued[p] += 1
         self.queued[p] += 1
@@ -282,7 +284,7 @@ class JobQueue(object):
         job.worker_connection = None
         del job.numerator, job.denominator, job._timer
         self._mark(job)
-        self._append(job, fq, job.precedence)
+        self.enqueue(job, fq, job.precedence)
         return True
 
     def promoteDue(self, fq, now):
@@ -299,7 +301,7 @@ class JobQueue(object):
             fq.epoch_count -= 1
             self.epoch_count -= 1
             self._mark(job)
-            self._append(job, fq, NORMAL)
+            self.enqueue(job, fq, NORMAL)
             moved += 1
         return moved
 
@@ -382,7 +384,11 @@ class JobQueue(object):
         fq.running += 1
         self.running += 1
         job._state = (job._state & FLAGS) | RUNNING
-        job.worker_connection = connection
+        links = job._links
+        if links is None:
+            job._links = JobLinks(None, connection)
+        else:
+            links.worker = connection
 
     # -- removal -------------------------------------------------------------
 
@@ -418,8 +424,13 @@ class JobQueue(object):
             self.epoch_count -= 1
         job._state = (job._state & FLAGS) | DONE
         self.jobs.discard(job.handle, job)
-        if job.unique:
-            self.releaseUnique(job)
+        unique = job.unique
+        if unique:
+            uniques = fq.uniques
+            if uniques.get(unique) is job:
+                del uniques[unique]
+            elif unique == b'-':
+                self.releaseUnique(job)
 
     def _compact(self, fq, p):
         fq.fifos[p].__init__(
@@ -525,7 +536,7 @@ class PriorityView(object):
         else:
             jq._mark(job)
         job.worker_connection = None
-        jq._append(job, fq, self.precedence)
+        jq.enqueue(job, fq, self.precedence)
         if jq.on_enqueue is not None:
             jq.on_enqueue(fq)
 

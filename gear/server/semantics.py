@@ -3,7 +3,7 @@
 ``gear.Server`` keeps gear 0.16's observable behaviour by default, since
 programs embedding or subclassing it (Zuul, Nodepool) were written
 around it; ``geard`` runs gearmand's.  Each difference is one method
-here, and the server asks the policy object it picked at construction.
+here, and the server core asks the policy object it was given.
 Everything else is the same under both.
 """
 
@@ -20,19 +20,19 @@ class GearmandSemantics(object):
 
     name = 'gearmand'
 
-    def cancel(self, server, job):
+    def cancel(self, core, job):
         """Admin ``cancel job``: True if the job was cancelled."""
-        server._cancelJob(job)
+        core.cancelJob(job)
         return True
 
-    def unregistered(self, server, job, reason):
+    def unregistered(self, core, job, reason):
         """The worker running ``job`` gave up its function (CANT_DO,
         RESET_ABILITIES)."""
-        server._requeueJob(job, reason)
+        core.requeueJob(job, reason)
 
-    def workerLost(self, server, job, reason):
+    def workerLost(self, core, job, reason):
         """The worker running ``job`` disconnected."""
-        server._requeueJob(job, reason)
+        core.requeueJob(job, reason)
 
 
 class GearSemantics(GearmandSemantics):
@@ -47,7 +47,7 @@ class GearSemantics(GearmandSemantics):
 
     name = 'gear'
 
-    def cancel(self, server, job):
+    def cancel(self, core, job):
         if (job._state & STATE) == RUNNING:
             return False
         # The clients hear nothing: they asked for the cancel.
@@ -57,21 +57,21 @@ class GearSemantics(GearmandSemantics):
             for c in clients:
                 c.related_jobs.pop(handle, None)
             job.clients = []
-        server._finishJob(job)
+        core.finishJob(job)
         job.ignore = True
         return True
 
-    def unregistered(self, server, job, reason):
+    def unregistered(self, core, job, reason):
         # The worker still runs it and its WORK_* packets still count.
         pass
 
-    def workerLost(self, server, job, reason):
+    def workerLost(self, core, job, reason):
         if job.background or not job.clients:
             # A background owner (or nobody) waits for it: run it again.
-            server._requeueJob(job, reason)
+            core.requeueJob(job, reason)
             return
-        server.log.info("Job %s failed: %s", job.handle, reason)
-        server._failJob(job)
+        core.log.info("Job %s failed: %s", job.handle, reason)
+        core.failJob(job)
 
 
 POLICIES = {policy.name: policy for policy in (GearSemantics(),

@@ -214,7 +214,7 @@ class TestPortablePoller(ServerTestCase):
     def test_round_trip_without_epoll(self):
         import fixtures
         self.useFixture(fixtures.MonkeyPatch(
-            'gear.server.server._HAS_EPOLL', False))
+            'gear.server.loop._HAS_EPOLL', False))
         server = self.makeServer()
         self.assertFalse(hasattr(server.poll, '_epoll'))
         client = self.connect(server)

@@ -101,14 +101,14 @@ class TestJobClassOfTheServer(testtools.TestCase):
         return server
 
     def test_plain_server_uses_compact_jobs(self):
-        self.assertIs(CompactServerJob, self.make(gear.Server)._job_class)
+        self.assertIs(CompactServerJob, self.make(gear.Server).core.job_class)
 
     def test_subclass_gets_jobs_open_to_any_attribute(self):
         class Custom(gear.Server):
             pass
-        self.assertIs(ServerJob, self.make(Custom)._job_class)
+        self.assertIs(ServerJob, self.make(Custom).core.job_class)
 
     def test_job_class_can_be_chosen(self):
         class Lean(gear.Server):
             job_class = CompactServerJob
-        self.assertIs(CompactServerJob, self.make(Lean)._job_class)
+        self.assertIs(CompactServerJob, self.make(Lean).core.job_class)
