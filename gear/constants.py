@@ -92,6 +92,11 @@ RESPONSE_TYPES = frozenset((
     OPTION_RES, JOB_ASSIGN_UNIQ, JOB_ASSIGN_ALL, STATUS_RES_UNIQUE,
 ))
 
+# What a worker sends about the job it runs; the final ones end the job.
+FINAL_WORK_TYPES = frozenset((WORK_COMPLETE, WORK_FAIL, WORK_EXCEPTION))
+WORK_TYPES = FINAL_WORK_TYPES | frozenset((WORK_DATA, WORK_WARNING,
+                                           WORK_STATUS))
+
 # Submit packet type -> (precedence, background).
 SUBMIT_TYPES = {
     SUBMIT_JOB: (PRECEDENCE_NORMAL, False),

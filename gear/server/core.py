@@ -110,7 +110,7 @@ class Hooks(object):
 class Core(object):
     """The job table, its transitions and the requests that drive them.
 
-    :arg queue: the :class:`gear.server.queue.JobQueue`.
+    :arg queue: the ``gear.server.queue.JobQueue``.
     :arg io: the loop's side: ``addTimer(delay, callback, arg)`` (returns
         an entry, a list), ``cancelTimer(entry)``, ``flushNow(connection)``,
         ``closeLater(connection)``, ``onLoopThread()`` and
@@ -120,7 +120,7 @@ class Core(object):
         (:mod:`gear.server.semantics`).
     :arg handle_format: ``prefix + b':%d'``.
     :arg job_class: the class of new jobs.
-    :arg metrics: a :class:`gear.server.metrics.Recorder` or None.
+    :arg metrics: a ``gear.server.metrics.Recorder`` or None.
     :arg stats: a statsd reporter (:mod:`gear.server.stats`) or None.
     """
 
@@ -254,9 +254,7 @@ class Core(object):
         t[constants.CANT_DO] = self.cantDo
         t[constants.RESET_ABILITIES] = self.resetAbilities
         t[constants.SET_CLIENT_ID] = self.setClientId
-        for ptype in (constants.WORK_COMPLETE, constants.WORK_FAIL,
-                      constants.WORK_EXCEPTION, constants.WORK_DATA,
-                      constants.WORK_WARNING, constants.WORK_STATUS):
+        for ptype in constants.WORK_TYPES:
             t[ptype] = self._makeWorkResult(ptype)
         t[constants.GET_STATUS] = self.getStatus
         t[constants.GET_STATUS_UNIQUE] = self.getStatusUnique
@@ -276,8 +274,9 @@ class Core(object):
         ``submit(conn, payload)`` parses the three fields;
         ``submit(conn, None, (name, unique, arguments, when, reducer))``
         is how SUBMIT_JOB_EPOCH and SUBMIT_REDUCE_JOB* come in.  It reads
-        the core's settings on every call, so a change of ``acl`` or of a
-        maxqueue takes effect at once.
+        ``acl`` and the maxqueue limits on every call, so changing them
+        takes effect at once; the store, metrics, statistics and hooks
+        are fixed when the table is built.
         """
         core = self
         q = self.queue
@@ -290,7 +289,11 @@ class Core(object):
         new = _new_job
         links = JobLinks
         state = jobstates.flags(precedence, background)
-        hooks = self.hooks
+        wake = self.hooks.wake
+        wake_function = self.wakeFunction
+        stored = background and self.persist
+        metrics = self.metrics
+        stats = self.stats
 
         def submit(conn, payload, parsed=None):
             if parsed is None:
@@ -348,12 +351,11 @@ class Core(object):
                     job.when = when
                 if reducer is not None:
                     job.reducer = reducer
-            if background and core.persist and not core.storeJob(conn, job):
+            if stored and not core.storeJob(conn, job):
                 return
             index_job(n, job)
             if key is not None:
                 fq.uniques[key] = job
-            metrics = core.metrics
             if metrics is not None:
                 metrics.submitted(fq, precedence)
             runnable = not when or when <= time.time()
@@ -376,11 +378,11 @@ class Core(object):
                 metrics.packets_out += 1
             if not runnable:
                 return
-            if hooks.wake is not None:
-                hooks.wake(job)
+            if wake is not None:
+                wake(job)
             elif fq.sleepers:
-                core.wakeFunction(fq)
-            if core.stats is not None:
+                wake_function(fq)
+            if stats is not None:
                 core.updateStats()
 
         return submit
@@ -633,7 +635,11 @@ class Core(object):
     def _makeGrab(self, kind):
         """A GRAB_JOB* request answered with ``kind`` (JOB_ASSIGN*)."""
         core = self
-        hooks = self.hooks
+        scheduler = self.hooks.scheduler
+        send_assign = self.hooks.send_assign
+        job_for = self.jobFor
+        dirty = self.dirty
+        metrics = self.metrics
         join = b'\x00'.join
         uniq = constants.JOB_ASSIGN_UNIQ
         assign_all = constants.JOB_ASSIGN_ALL
@@ -641,9 +647,8 @@ class Core(object):
         def grab(conn, payload):
             if conn.state == 'SLEEP':
                 core.unsleep(conn)
-            scheduler = hooks.scheduler
             if scheduler is None:
-                job = core.jobFor(conn)
+                job = job_for(conn)
             elif core.draining:
                 job = None
             else:
@@ -658,8 +663,8 @@ class Core(object):
             ptype = kind
             if ptype == assign_all and job.reducer is None:
                 ptype = uniq
-            if hooks.send_assign is not None:
-                hooks.send_assign(conn, job, ptype)
+            if send_assign is not None:
+                send_assign(conn, job, ptype)
                 return
             if ptype == uniq:
                 data = join((job.handle, job._fq.name, job.unique or b'',
@@ -669,7 +674,17 @@ class Core(object):
             else:
                 data = join((job.handle, job._fq.name, job.unique or b'',
                              job.reducer, job.arguments))
-            core.sendPacket(conn, ptype, data)
+            # The worker asked for it: no output cap (backpressure holds
+            # it back).
+            out = conn.send_queue
+            if not out:
+                if conn.closed:
+                    return
+                dirty.append(conn)
+            out += _pack_header(RES, ptype, len(data))
+            out += data
+            if metrics is not None:
+                metrics.packets_out += 1
 
         return grab
 
@@ -906,8 +921,7 @@ class Core(object):
         clients without the ``exceptions`` option.
         """
         core = self
-        finished = ptype in (constants.WORK_COMPLETE, constants.WORK_FAIL,
-                             constants.WORK_EXCEPTION)
+        finished = ptype in constants.FINAL_WORK_TYPES
         status = ptype == constants.WORK_STATUS
         exception = ptype == constants.WORK_EXCEPTION
         kind = metrics_mod.RESULT_KINDS.get(ptype)
@@ -915,6 +929,7 @@ class Core(object):
         dirty = self.dirty
         finish = self.finishJob
         pack_header = _pack_header
+        metrics = self.metrics
 
         def work_result(conn, data):
             end = data.find(b'\x00')
@@ -932,7 +947,6 @@ class Core(object):
                 job.numerator = fields[1] if len(fields) > 1 else b'0'
                 job.denominator = fields[2] if len(fields) > 2 else b'0'
             clients = links.clients
-            metrics = core.metrics
             if clients:
                 if exception:
                     core._forwardException(clients, handle, data)

@@ -65,22 +65,6 @@ class HandleIndex(collections.abc.MutableMapping):
             self._numbered += 1
         chunk[i] = job
 
-    def _take(self, n):
-        c = n >> CHUNK_BITS
-        chunk = self.chunks.get(c)
-        if chunk is None:
-            return None
-        i = n & CHUNK_MASK
-        job = chunk[i]
-        if job is not None:
-            chunk[i] = None
-            self._numbered -= 1
-            left = self.live[c] = self.live[c] - 1
-            if not left:
-                del self.chunks[c]
-                del self.live[c]
-        return job
-
     def get(self, handle, default=None):
         n = self.number(handle)
         if n is None:
@@ -92,15 +76,26 @@ class HandleIndex(collections.abc.MutableMapping):
         return default if job is None else job
 
     def discard(self, handle, job):
-        """Remove ``handle`` if it still names ``job``."""
-        n = self.number(handle)
-        if n is None:
+        """Remove ``handle`` if it still names ``job`` (once per finished
+        job: :meth:`number` is inlined)."""
+        plen = self._plen
+        tail = handle[plen:]
+        if not plen or handle[:plen] != self._prefix or \
+                not tail.isdigit() or (tail[0] == 48 and len(tail) > 1):
             if self._other.get(handle) is job:
                 del self._other[handle]
             return
-        chunk = self.chunks.get(n >> CHUNK_BITS)
-        if chunk is not None and chunk[n & CHUNK_MASK] is job:
-            self._take(n)
+        n = int(tail)
+        c = n >> CHUNK_BITS
+        chunk = self.chunks.get(c)
+        i = n & CHUNK_MASK
+        if chunk is not None and chunk[i] is job:
+            chunk[i] = None
+            self._numbered -= 1
+            left = self.live[c] = self.live[c] - 1
+            if not left:
+                del self.chunks[c]
+                del self.live[c]
 
     def __getitem__(self, handle):
         job = self.get(handle)
@@ -121,11 +116,10 @@ class HandleIndex(collections.abc.MutableMapping):
             self.put(n, job)
 
     def __delitem__(self, handle):
-        n = self.number(handle)
-        if n is None:
-            del self._other[handle]
-        elif self._take(n) is None:
+        job = self.get(handle)
+        if job is None:
             raise KeyError(handle)
+        self.discard(handle, job)
 
     def __len__(self):
         return self._numbered + len(self._other)

@@ -56,8 +56,9 @@ class EventLoop(object):
     ``tls_handshake_timeout``, ``exceptions``, ``max_packet_size``),
     ``metrics``, ``core`` (the :class:`gear.server.core.Core` it feeds)
     and ``_scanner`` (the :class:`gear.protocol.MessageScanner` over the
-    core's request table), then calls :meth:`_initLoop`,
-    :meth:`_openLoop` and :meth:`_startLoop`.
+    core's request table), implements ``_unregisterConnection(conn)``
+    (a connection is gone), then calls ``_initLoop()``,
+    ``_openLoop()`` and ``_startLoop()``.
     """
 
     if _HAS_EPOLL:
@@ -161,6 +162,8 @@ class EventLoop(object):
                 sock.setsockopt(socket.IPPROTO_TCP, opt, value)
 
     def onLoopThread(self):
+        """Whether the caller runs on the loop's thread (other threads
+        must take ``lock`` and wake the loop)."""
         return threading.get_ident() == self._loop_ident
 
     def _kick(self):
@@ -541,6 +544,9 @@ class EventLoop(object):
                 self._closeDeferred()
 
     def addTimer(self, delay, callback, arg):
+        """Call ``callback(arg)`` on the loop in ``delay`` seconds; the
+        entry returned is a list, to which callers may append their own
+        fields (the epoch timer notes its due time)."""
         entry = [time.monotonic() + delay, next(self._timer_seq),
                  callback, arg]
         heapq.heappush(self._timers, entry)
@@ -550,6 +556,7 @@ class EventLoop(object):
 
     @staticmethod
     def cancelTimer(entry):
+        """Cancel a timer (the heap entry stays until it is due)."""
         if entry is not None:
             entry[2] = None
             entry[3] = None
@@ -571,6 +578,8 @@ class EventLoop(object):
             heapq.heappop(timers)
 
     def closeLater(self, conn):
+        """Close a connection once the current step is over (the core
+        may be in the middle of iterating over connections)."""
         if conn not in self._closing:
             self._closing.append(conn)
 
@@ -601,7 +610,7 @@ class EventLoop(object):
         except Exception:
             pass
         conn.send_queue.clear()
-        self.core.dropConnection(conn)
+        self._unregisterConnection(conn)
 
     def shutdown(self, graceful=False):
         """Stop the server.

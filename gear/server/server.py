@@ -268,7 +268,9 @@ class Server(EventLoop, admin_mod.AdminHandlers):
             name = names.get(ptype)
             if self._timed or self._hooked_packets:
                 requests.append(partial(self._dispatchTimed, ptype))
-            elif name is not None and self._overridden(name):
+            elif name is not None and (
+                    self._overridden(name) or
+                    self._overridden(_SHARED_STEPS.get(ptype, name))):
                 requests.append(partial(self._dispatchPacket, table[ptype],
                                         ptype))
             else:
@@ -337,13 +339,19 @@ class Server(EventLoop, admin_mod.AdminHandlers):
         self.core.invalidCommand(packet.connection, packet.data)
 
     def _handleSubmitJob(self, packet, precedence, background=False):
-        """gear's private submit step (the packet type already says the
-        precedence and background)."""
+        """gear's submit step behind every SUBMIT_JOB* hook (the packet
+        type already says the precedence and background)."""
         self._request(packet)
 
     def handlePassthrough(self, packet, finished=False):
-        """gear's WORK_* step: forward to the job's clients."""
+        """gear's step behind every WORK_* hook: forward to the job's
+        clients (and finish it, for a final result)."""
         self._request(packet)
+
+    def _unregisterConnection(self, conn):
+        """A connection is gone: the core forgets it (its functions; its
+        jobs go to the semantics' policy)."""
+        self.core.dropConnection(conn)
 
     # -- replies (overridable, as in gear) ------------------------------------
 
@@ -455,17 +463,37 @@ class Server(EventLoop, admin_mod.AdminHandlers):
         return '<gear.Server 0x%x port: %s>' % (id(self), self.port)
 
 
-def _request_hook(name):
-    def hook(self, packet):
-        self._request(packet)
+#: gear's steps shared by several hooks: overriding one routes the
+#: packet types behind it through their gear-named hooks.
+_SHARED_STEPS = dict(
+    [(ptype, '_handleSubmitJob') for ptype in constants.SUBMIT_TYPES] +
+    [(ptype, 'handlePassthrough') for ptype in constants.WORK_TYPES])
+
+_HOOK_DOC = ("gear's hook for this packet type: the server core answers "
+             "it.  Override it to see or change the packet; call the base "
+             "method to have it answered.")
+
+
+def _request_hook(ptype, name):
+    if ptype in constants.SUBMIT_TYPES:
+        precedence, background = constants.SUBMIT_TYPES[ptype]
+
+        def hook(self, packet):
+            self._handleSubmitJob(packet, precedence, background)
+    elif ptype in constants.WORK_TYPES:
+        finished = ptype in constants.FINAL_WORK_TYPES
+
+        def hook(self, packet):
+            self.handlePassthrough(packet, finished)
+    else:
+        def hook(self, packet):
+            self._request(packet)
     hook.__name__ = hook.__qualname__ = name
-    hook.__doc__ = ("gear's hook for this packet type: the server core "
-                    "answers it.  Override it to see or change the "
-                    "packet; call the base method to have it answered.")
+    hook.__doc__ = _HOOK_DOC
     return hook
 
 
 for _ptype, _name in PACKET_HANDLERS.items():
     if _ptype not in constants.RESPONSE_TYPES:
-        setattr(Server, _name, _request_hook(_name))
+        setattr(Server, _name, _request_hook(_ptype, _name))
 del _ptype, _name

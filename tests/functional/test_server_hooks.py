@@ -58,6 +58,36 @@ class HookedServer(gear.Server):
         return super(HookedServer, self).wakeConnections(job)
 
 
+class StepHookedServer(gear.Server):
+    """Overrides gear's steps shared by several hooks, and the private
+    seams gear callers use, without changing what they do."""
+
+    def __init__(self, *args, **kwargs):
+        self.calls = {}
+        super(StepHookedServer, self).__init__(*args, **kwargs)
+
+    def _called(self, name):
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def _handleSubmitJob(self, packet, precedence, background=False):
+        self._called('_handleSubmitJob')
+        return super(StepHookedServer, self)._handleSubmitJob(
+            packet, precedence, background)
+
+    def handlePassthrough(self, packet, finished=False):
+        self._called('handlePassthrough')
+        return super(StepHookedServer, self).handlePassthrough(
+            packet, finished)
+
+    def sendJobAssign(self, connection, job):
+        self._called('sendJobAssign')
+        return super(StepHookedServer, self).sendJobAssign(connection, job)
+
+    def _unregisterConnection(self, conn):
+        self._called('_unregisterConnection')
+        return super(StepHookedServer, self)._unregisterConnection(conn)
+
+
 class MassDoServer(gear.Server):
     """Zuul's pattern: a private packet type registers many functions by
     replacing the connection's set of names."""
@@ -159,11 +189,25 @@ class TestHooksDifferential(ServerTestCase):
         # No override was bypassed.
         for name in ('handlePacket', 'getJobForConnection', 'handleCanDo',
                      'handleSubmitJob', 'handleWorkComplete',
-                     'sendJobAssignUniq'):
+                     'sendJobAssignUniq', 'wakeConnections'):
             self.assertGreater(hooked_server.calls.get(name, 0), 0, name)
         # handlePacket saw every request packet, ECHO barriers included.
         self.assertIn(c.ECHO_REQ, hooked_server.packet_types)
         self.assertIn(c.RESET_ABILITIES, hooked_server.packet_types)
+
+    def test_same_bytes_with_shared_steps_overridden(self):
+        plain = scenario(self, self.server)
+        stepped_server = StepHookedServer(0, host='127.0.0.1',
+                                          job_handle_prefix='H:test')
+        self.addCleanup(stepped_server.shutdown)
+        stepped = scenario(self, stepped_server)
+        for name in sorted(plain):
+            self.assertEqual(plain[name], stepped[name], name)
+        # w1 got the lost job (H:test:5) only after w2's connection was
+        # dropped through _unregisterConnection.
+        for name in ('_handleSubmitJob', 'handlePassthrough',
+                     '_unregisterConnection'):
+            self.assertGreater(stepped_server.calls.get(name, 0), 0, name)
 
 
 class TestUnknownPacketTypes(ServerTestCase):

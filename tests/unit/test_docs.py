@@ -176,7 +176,7 @@ class TestDocsBuild(testtools.TestCase):
         self.assertIn('job server', svgs[0])
         self.assertIn('gear.protocol', svgs[1])
         self.assertIn('JOB_ASSIGN_UNIQ', svgs[2])
-        self.assertIn('Operations', svgs[3])
+        self.assertIn('commitStore', svgs[3])
         # The ASCII art they replace is gone.
         self.assertNotIn('-------------------------&gt;',
                          self.page('architecture.html'))
