@@ -16,16 +16,20 @@ from tests.functional.test_server_base import ServerTestCase
 MASS_DO = 101
 
 
-class HookedServer(gear.Server):
-    """Overrides gear's hooks without changing what they do."""
+class CountingServer(gear.Server):
+    """Counts the calls of its overrides (in ``calls``)."""
 
     def __init__(self, *args, **kwargs):
         self.calls = {}
         self.packet_types = []
-        super(HookedServer, self).__init__(*args, **kwargs)
+        super(CountingServer, self).__init__(*args, **kwargs)
 
     def _called(self, name):
         self.calls[name] = self.calls.get(name, 0) + 1
+
+
+class HookedServer(CountingServer):
+    """Overrides gear's hooks without changing what they do."""
 
     def handlePacket(self, packet):
         self._called('handlePacket')
@@ -58,16 +62,9 @@ class HookedServer(gear.Server):
         return super(HookedServer, self).wakeConnections(job)
 
 
-class StepHookedServer(gear.Server):
+class StepHookedServer(CountingServer):
     """Overrides gear's steps shared by several hooks, and the private
     seams gear callers use, without changing what they do."""
-
-    def __init__(self, *args, **kwargs):
-        self.calls = {}
-        super(StepHookedServer, self).__init__(*args, **kwargs)
-
-    def _called(self, name):
-        self.calls[name] = self.calls.get(name, 0) + 1
 
     def _handleSubmitJob(self, packet, precedence, background=False):
         self._called('_handleSubmitJob')
@@ -173,41 +170,40 @@ def scenario(test, server):
 
 class TestHooksDifferential(ServerTestCase):
 
-    def test_same_bytes_with_and_without_overrides(self):
+    def assertSameTranscripts(self, server_class, hooks):
+        """The scenario gives every peer of a ``server_class`` server the
+        bytes it gives them on a plain Server, and each of ``hooks`` ran;
+        returns (plain transcripts, that server)."""
         plain = scenario(self, self.server)
-        hooked_server = HookedServer(0, host='127.0.0.1',
-                                     job_handle_prefix='H:test')
-        self.addCleanup(hooked_server.shutdown)
-        hooked = scenario(self, hooked_server)
+        server = server_class(0, host='127.0.0.1', job_handle_prefix='H:test')
+        self.addCleanup(server.shutdown)
+        other = scenario(self, server)
         for name in sorted(plain):
-            self.assertEqual(plain[name], hooked[name], name)
+            self.assertEqual(plain[name], other[name], name)
+        for name in hooks:
+            self.assertGreater(server.calls.get(name, 0), 0, name)
+        return plain, server
+
+    def test_same_bytes_with_and_without_overrides(self):
+        # No override was bypassed.
+        plain, hooked_server = self.assertSameTranscripts(HookedServer, (
+            'handlePacket', 'getJobForConnection', 'handleCanDo',
+            'handleSubmitJob', 'handleWorkComplete', 'sendJobAssignUniq',
+            'wakeConnections'))
         # The transcripts are not empty: the scenario did happen.
         self.assertIn((c.RES, c.WORK_COMPLETE, b'H:test:1\x00done'),
                       plain['other'])
         self.assertIn((c.RES, c.WORK_EXCEPTION, b'H:test:3\x00boom'),
                       plain['client'])
-        # No override was bypassed.
-        for name in ('handlePacket', 'getJobForConnection', 'handleCanDo',
-                     'handleSubmitJob', 'handleWorkComplete',
-                     'sendJobAssignUniq', 'wakeConnections'):
-            self.assertGreater(hooked_server.calls.get(name, 0), 0, name)
         # handlePacket saw every request packet, ECHO barriers included.
         self.assertIn(c.ECHO_REQ, hooked_server.packet_types)
         self.assertIn(c.RESET_ABILITIES, hooked_server.packet_types)
 
     def test_same_bytes_with_shared_steps_overridden(self):
-        plain = scenario(self, self.server)
-        stepped_server = StepHookedServer(0, host='127.0.0.1',
-                                          job_handle_prefix='H:test')
-        self.addCleanup(stepped_server.shutdown)
-        stepped = scenario(self, stepped_server)
-        for name in sorted(plain):
-            self.assertEqual(plain[name], stepped[name], name)
         # w1 got the lost job (H:test:5) only after w2's connection was
         # dropped through _unregisterConnection.
-        for name in ('_handleSubmitJob', 'handlePassthrough',
-                     '_unregisterConnection'):
-            self.assertGreater(stepped_server.calls.get(name, 0), 0, name)
+        self.assertSameTranscripts(StepHookedServer, (
+            '_handleSubmitJob', 'handlePassthrough', '_unregisterConnection'))
 
 
 class TestUnknownPacketTypes(ServerTestCase):
