@@ -38,6 +38,7 @@ RES = constants.RES
 NORMAL = constants.PRECEDENCE_NORMAL
 HIGH = constants.PRECEDENCE_HIGH
 LOW = constants.PRECEDENCE_LOW
+NEW = jobstates.NEW
 RUNNING = jobstates.RUNNING
 BACKGROUND = jobstates.BACKGROUND
 STATE = jobstates.STATE
@@ -282,18 +283,19 @@ class Core(object):
         q = self.queue
         index_job = q.jobs.put
         functions = q.functions
-        enqueue = q.enqueue
+        queue_new = self.queueNew
         dirty = self.dirty
         handle_format = self.handle_format
         headers = _CREATED_HEADERS
         new = _new_job
         links = JobLinks
         state = jobstates.flags(precedence, background)
-        wake = self.hooks.wake
-        wake_function = self.wakeFunction
         stored = background and self.persist
+        # A batching store commits at the end of the turn, and the
+        # commit queues the job (commitStore): no worker may get a job
+        # that could still turn out never to have existed.
+        commit_queues = stored and self.store_flush is not None
         metrics = self.metrics
-        stats = self.stats
 
         def submit(conn, payload, parsed=None):
             if parsed is None:
@@ -358,32 +360,19 @@ class Core(object):
                 fq.uniques[key] = job
             if metrics is not None:
                 metrics.submitted(fq, precedence)
-            runnable = not when or when <= time.time()
-            if runnable:
-                enqueue(job, fq, precedence)
-            else:
-                q.park(job, fq, when)
-                core.armEpochTimer(fq)
             out = conn.send_queue
-            if not out:
-                if conn.closed:
-                    return
-                dirty.append(conn)
-            hdr = headers.get(len(handle))
-            if hdr is None:
-                hdr = _created_header(len(handle))
-            out += hdr
-            out += handle
-            if metrics is not None:
-                metrics.packets_out += 1
-            if not runnable:
-                return
-            if wake is not None:
-                wake(job)
-            elif fq.sleepers:
-                wake_function(fq)
-            if stats is not None:
-                core.updateStats()
+            if out or not conn.closed:
+                if not out:
+                    dirty.append(conn)
+                hdr = headers.get(len(handle))
+                if hdr is None:
+                    hdr = _created_header(len(handle))
+                out += hdr
+                out += handle
+                if metrics is not None:
+                    metrics.packets_out += 1
+            if not commit_queues:
+                queue_new(job, fq, precedence, when)
 
         return submit
 
@@ -413,6 +402,19 @@ class Core(object):
 
     def submitReduceBg(self, conn, payload):
         self._submitReduce(conn, payload, constants.SUBMIT_JOB_BG)
+
+    def queueNew(self, job, fq, precedence, when=0):
+        """A new job, committed if it has to be, joins its queue: QUEUED,
+        or EPOCH until ``when``; the workers that can run it are woken."""
+        if when and when > time.time():
+            self.queue.park(job, fq, when)
+            self.armEpochTimer(fq)
+        else:
+            self.queue.enqueue(job, fq, precedence)
+            if fq.sleepers or self.hooks.wake is not None:
+                self.wakeFor(job, fq)
+        if self.stats is not None:
+            self.updateStats()
 
     def coalesce(self, conn, job, background):
         """A submission with the unique of a job that exists: attach.
@@ -500,6 +502,9 @@ class Core(object):
             return
         if metrics is not None:
             metrics.committed(time.monotonic() - start)
+        for job in uncommitted:
+            if (job._state & STATE) == NEW:
+                self.queueNew(job, job._fq, job.precedence, job.when)
         if self.store_down or getattr(self.store, 'pending_removals', 0):
             self.storeCheck()
 
@@ -769,6 +774,16 @@ class Core(object):
             return
         fq = self.queue.functions.get(job.name)
         if fq is not None:
+            self.wakeFunction(fq)
+
+    def wakeFor(self, job, fq):
+        """``job`` of ``fq`` became runnable: wake the workers that can
+        run it, through an overridden ``wakeConnections`` if there is
+        one."""
+        wake = self.hooks.wake
+        if wake is not None:
+            wake(job)
+        elif fq.sleepers:
             self.wakeFunction(fq)
 
     def wakeFunction(self, fq):
@@ -1098,7 +1113,9 @@ class Core(object):
         if metrics is not None:
             metrics.requeued(job)
         self.queue.requeue(job)
-        self.wakeFunction(job._fq)
+        self.wakeFor(job, job._fq)
+        if self.stats is not None:
+            self.updateStats()
 
     def failJob(self, job):
         """A job ends in failure: its clients get WORK_FAIL."""
@@ -1163,8 +1180,8 @@ class Core(object):
 
     def _epochDue(self, fq):
         fq.timer = None
-        if self.queue.promoteDue(fq, time.time()):
-            self.wakeFunction(fq)
+        for job in self.queue.promoteDue(fq, time.time()):
+            self.wakeFor(job, fq)
         self.armEpochTimer(fq)
 
     # -- the jobs a store kept ----------------------------------------------

@@ -290,10 +290,10 @@ class JobQueue(object):
     def promoteDue(self, fq, now):
         """Move epoch jobs that are due into the NORMAL FIFO.
 
-        Returns how many became runnable.
+        Returns the jobs that became runnable.
         """
         heap = fq.epoch
-        moved = 0
+        moved = []
         while heap and heap[0][0] <= now:
             job = _heappop(heap)[2]
             if (job._state & STATE) != EPOCH:
@@ -302,7 +302,7 @@ class JobQueue(object):
             self.epoch_count -= 1
             self._mark(job)
             self.enqueue(job, fq, NORMAL)
-            moved += 1
+            moved.append(job)
         return moved
 
     # -- selection ---------------------------------------------------------

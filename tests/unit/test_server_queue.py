@@ -97,8 +97,8 @@ class TestSelection(QueueTestCase):
         self.assertIs(now_job, self.q.take(fqs))
         self.assertIsNone(self.q.take(fqs))
         self.assertEqual(1000, fq.nextEpoch())
-        self.assertEqual(0, self.q.promoteDue(fq, 999))
-        self.assertEqual(1, self.q.promoteDue(fq, 1000))
+        self.assertEqual([], self.q.promoteDue(fq, 999))
+        self.assertEqual(1, len(self.q.promoteDue(fq, 1000)))
         self.assertIs(later, self.q.take(fqs))
 
     def test_past_epoch_is_runnable_at_once(self):
@@ -191,7 +191,7 @@ class TestLifecycle(QueueTestCase):
         fq = self.q.functions[b'f']
         self.q.remove(job)
         self.assertEqual(0, fq.total)
-        self.assertEqual(0, self.q.promoteDue(fq, 2000))
+        self.assertEqual([], self.q.promoteDue(fq, 2000))
         self.assertIsNone(fq.nextEpoch())
 
 
