@@ -1536,8 +1536,8 @@ class TestStoreCommit(CoreTestCase):
         h = self.h
         h.send('w', CAN_DO, b'f')
         h.send(*sub(SUBMIT_JOB_BG))
+        self.fail()  # the commit of this turn will fail
         h.send('w', GRAB_JOB)  # the same loop turn
-        self.fail()
         got = h.received()
         self.assertEqual([COMMIT_FAILED], got['c'])
         self.assertEqual(DONE, h.state(1))
@@ -1696,3 +1696,102 @@ class TestRegistrationCost(CoreTestCase):
         self.assertEqual(len(names) - 3, dict.__len__(fq.sleepers))
         for name in ('w5', 'w6', 'w7'):
             self.assertNotIn(h.conn(name), dict.keys(fq.sleepers))
+
+
+class TestOutputLimit(CoreTestCase):
+    """A peer that leaves its replies unread is disconnected, not
+    buffered for without end."""
+
+    def test_client_not_reading_updates(self):
+        h = self.harness(max_output_buffer=200)
+        for step in RUN_FG:
+            do(h, step)
+        h.received()
+        for i in range(10):
+            h.send('w', WORK_DATA, H(1), b'%030d' % i)
+            if h.io.closing:
+                break
+        self.assertEqual([h.conn('c')], h.io.closing)
+        self.assertGreater(len(h.conn('c').send_queue), 200)
+        # The loop closes it at the end of the turn: the job is
+        # abandoned, and the worker's result goes nowhere, silently.
+        h.turn()
+        self.assertTrue(h.conn('c').closed)
+        self.assertTrue(h.job(1).ignore)
+        h.send('w', WORK_COMPLETE, H(1), b'r')
+        self.assertEqual({}, h.received())
+        self.assertEqual(DONE, h.state(1))
+
+    def test_peer_not_reading_replies(self):
+        h = self.harness(max_output_buffer=200)
+        for i in range(20):
+            h.send('c', ECHO_REQ, b'%020d' % i)
+        self.assertEqual([h.conn('c')], h.io.closing)
+        h.turn()
+        self.assertTrue(h.conn('c').closed)
+        self.assertEqual({}, h.received())
+
+
+class TestStatsGauges(CoreTestCase):
+    """The statsd queue gauges are published after a job changes state;
+    the last one published must match the queue."""
+
+    def check(self, h):
+        q = h.queue
+        total = len(q.jobs)
+        self.assertEqual((total, q.running, total - q.running),
+                         h.core.stats.reports[-1])
+
+    def test_gauges_follow_the_common_path(self):
+        h = self.harness(recorded=True)
+        h.send(*sub(SUBMIT_JOB))
+        self.check(h)
+        h.send('w', CAN_DO, b'f')
+        h.send('w', GRAB_JOB)
+        self.check(h)
+        self.assertEqual((1, 1, 0), h.core.stats.reports[-1])
+        h.send('w', WORK_COMPLETE, H(1), b'r')
+        self.check(h)
+        self.assertEqual((0, 0, 0), h.core.stats.reports[-1])
+
+    def test_gauges_follow_a_lost_worker(self):
+        h = self.harness(recorded=True)
+        for step in RUN_FG:
+            do(h, step)
+        h.drop('w')
+        self.check(h)
+        self.assertEqual((1, 0, 1), h.core.stats.reports[-1])
+
+    # gear/server/core.py: Core.requeueJob() does not call updateStats(),
+    # and neither do its callers for CANT_DO, RESET_ABILITIES
+    # (_requeueUnregistered) and an expired CAN_DO_TIMEOUT
+    # (_jobTimedOut); only dropConnection() does.  queue.running stays at
+    # 1 after such a requeue, until some other transition publishes.
+    @unittest.expectedFailure
+    def test_gauges_follow_a_requeue_by_cant_do(self):
+        h = self.harness(recorded=True)
+        for step in RUN_FG:
+            do(h, step)
+        h.send('w', CANT_DO, b'f')
+        self.assertEqual(QUEUED, h.state(1))
+        self.check(h)
+
+    @unittest.expectedFailure
+    def test_gauges_follow_a_requeue_by_timeout(self):
+        h = self.harness(recorded=True)
+        for step in RUN_TIMED:
+            do(h, step)
+        h.io.advance(1.5)
+        self.assertEqual(QUEUED, h.state(1))
+        self.check(h)
+
+    # gear/server/core.py, _makeSubmit's submit(): a job parked until its
+    # epoch returns before the updateStats() call, so queue.total and
+    # queue.waiting leave it out until another transition publishes.
+    @unittest.expectedFailure
+    def test_gauges_count_a_future_epoch_job(self):
+        h = self.harness(recorded=True)
+        h.send(*sub(SUBMIT_JOB))
+        h.send(*epoch(T0 + 60))
+        self.assertEqual(EPOCH, h.state(2))
+        self.check(h)
