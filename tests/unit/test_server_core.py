@@ -1641,31 +1641,7 @@ class TestRegistrationCost(CoreTestCase):
     def test_cant_do_of_one_of_many_functions(self):
         h = self.harness()
         conn = self.bigWorker(h)
-        h.send(*sub(SUBMIT_JOB, fn=b'f7'))
-        h.send('w', GRAB_JOB)
-        self.assertEqual([assign(1, fn=b'f7')], h.recv('w'))
-        self.arm(conn)
-        h.send('w', CANT_DO, b'f123')
-        h.send('w', CANT_DO, b'never-registered')
-        h.send('w', CAN_DO, b'new')
-        h.send('w', CAN_DO, b'f5')  # again: still one registration
-        self.assertNotIn(h.fq(b'f123'), dict.keys(conn._fqs))
-        self.assertNotIn(b'f123', conn.functions)
-        self.assertEqual(0, h.fq(b'f123').workers)
-        self.assertEqual(1, h.fq(b'new').workers)
-        self.assertEqual(self.N, dict.__len__(conn._fqs))
-        self.assertEqual(self.N,
-                         sum(fq.workers for fq in h.queue.functions.values()))
-        self.assertEqual(RUNNING, h.state(1))
-        # The running job's function is among those given up: one pass
-        # over the connection's jobs, not its functions.
-        h.send('w', CANT_DO, b'f7')
-        self.assertEqual(QUEUED, h.state(1))
-        self.assertEqual(1, h.job(1).retries)
-
-    def test_cant_do_while_asleep(self):
-        h = self.harness()
-        conn = self.bigWorker(h)
+        # Asleep: on every function's list of sleepers.
         h.send('w', PRE_SLEEP)
         self.assertEqual(self.N, sum(
             len(fq.sleepers) for fq in h.queue.functions.values()))
@@ -1677,8 +1653,30 @@ class TestRegistrationCost(CoreTestCase):
         # Waking it takes it off every function's list, as sleeping
         # put it on them: O(functions) once per sleep, not per request.
         conn._fqs = dict(dict.items(conn._fqs))
-        h.send(*sub(SUBMIT_JOB, fn=b'f10'))
+        h.send(*sub(SUBMIT_JOB, fn=b'f7'))
         self.assertEqual([NOOP_R], h.recv('w'))
+        h.send('w', GRAB_JOB)
+        self.assertEqual([assign(1, fn=b'f7')], h.recv('w'))
+        # Awake, running a job.
+        self.arm(conn)
+        h.send('w', CANT_DO, b'f123')
+        h.send('w', CANT_DO, b'never-registered')
+        h.send('w', CAN_DO, b'new')
+        h.send('w', CAN_DO, b'f5')  # again: still one registration
+        for name in (b'f9', b'f123'):
+            self.assertNotIn(h.fq(name), dict.keys(conn._fqs))
+            self.assertNotIn(name, conn.functions)
+            self.assertEqual(0, h.fq(name).workers)
+        self.assertEqual(1, h.fq(b'new').workers)
+        self.assertEqual(self.N - 1, dict.__len__(conn._fqs))
+        self.assertEqual(self.N - 1,
+                         sum(fq.workers for fq in h.queue.functions.values()))
+        self.assertEqual(RUNNING, h.state(1))
+        # The running job's function is among those given up: one pass
+        # over the connection's jobs, not its functions.
+        h.send('w', CANT_DO, b'f7')
+        self.assertEqual(QUEUED, h.state(1))
+        self.assertEqual(1, h.job(1).retries)
 
     def test_one_of_many_workers_leaves_a_function(self):
         h = self.harness()
