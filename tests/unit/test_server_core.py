@@ -9,6 +9,8 @@ counters); the sequences that do not fit a row (fairness, wake-up
 rotation, the store-commit rule) are plain tests.
 """
 
+import collections
+import random
 import struct
 import unittest
 from unittest import mock
@@ -1415,6 +1417,65 @@ class TestStoreCommit(CoreTestCase):
         self.assertEqual(JOB_CREATED, handle[0])
         self.assertIn(handle[1], store.rows)
 
+    def test_refused_adoption_leaves_the_job_in_the_foreground(self):
+        h, store = self.h, self.store
+        h.send(*sub(SUBMIT_JOB_BG, b'1'))
+        self.fail()
+        h.received()
+        h.send(*sub(SUBMIT_JOB))
+        h.send(*sub(SUBMIT_JOB_BG, conn='c2'))
+        self.assertEqual({'c': [created(2)], 'c2': [STORE_FAILING]},
+                         h.received())
+        job = h.job(2)
+        self.assertFalse(job.background)
+        self.assertEqual([h.conn('c')], job.clients)
+        self.assertEqual(({}, {}), (store.batch, store.rows))
+        # Its client leaving ends it, as any foreground job.
+        h.drop('c')
+        self.assertEqual(DONE, h.state(2))
+
+    def test_no_probe_while_a_batch_is_open(self):
+        h, store = self.h, self.store
+        h.send(*sub(SUBMIT_JOB_BG, b'1'))
+        store.fail_add = True
+        h.send(*sub(SUBMIT_JOB_BG, b'2'))
+        self.assertTrue(h.core.store_down)
+        store.fail_add = False
+        # The store could take it, but a probe now would commit the
+        # open batch behind the turn's back.
+        h.send(*sub(SUBMIT_JOB_BG, b'3'))
+        self.assertEqual(0, store.probes)
+        self.assertEqual({'c': [created(1), error(b'QUEUE_ERROR',
+                                                  b'disk full'),
+                                STORE_FAILING]}, h.received())
+        # The turn's commit worked: the store is trusted again.
+        self.assertEqual([H(1)], list(store.rows))
+        self.assertFalse(h.core.store_down)
+        h.send(*sub(SUBMIT_JOB_BG, b'3'))
+        self.assertEqual({'c': [created(4)]}, h.received())
+
+    def test_a_commit_that_works_ends_the_failure(self):
+        h, store = self.h, self.store
+        h.send(*sub(SUBMIT_JOB_BG, b'1'))
+        h.send('w', CAN_DO, b'f')
+        h.send('w', GRAB_JOB)
+        h.received()
+        h.send(*sub(SUBMIT_JOB_BG, b'2'))
+        self.fail()
+        h.received()
+        self.assertTrue(h.core.store_down)
+        store.fail_commit = False
+        # A removal is committed at the end of this turn, before any
+        # probe: that commit tells the core the store works.
+        h.send('w', WORK_COMPLETE, H(1), b'r')
+        h.received()
+        self.assertEqual(0, store.probes)
+        self.assertFalse(h.core.store_down)
+        self.assertEqual({}, store.rows)
+        h.io.advance(h.core.store_probe_interval)
+        self.assertEqual(0, store.probes)
+        self.assertEqual([], h.io.live_timers())
+
     def test_probe_timer_follows_the_store(self):
         h, store = self.h, self.store
         h.send(*sub(SUBMIT_JOB_BG))
@@ -1900,3 +1961,200 @@ class TestHooks(CoreTestCase):
         # Giving up g requeued the job of g it ran (gearmand semantics).
         self.assertEqual((QUEUED, 1), (h.state(1), h.job(1).retries))
         self.assertEqual((0, 1), (h.fq(b'g').workers, h.fq(b'f').workers))
+
+
+class TestRandomSequences(CoreTestCase):
+    """Seeded random sequences of requests, losses, cancels, timer runs
+    and store failures: after every step the core's books agree with
+    its jobs, and at the end every foreground submission that got a
+    handle gets exactly one WORK_COMPLETE, WORK_FAIL or WORK_EXCEPTION."""
+
+    STEPS = 250
+    SUBMITS = sorted(constants.SUBMIT_TYPES)
+
+    def checkBooks(self, h):
+        q = h.queue
+        jobs = dict(q.jobs.items())
+        fqs = list(q.functions.values())
+        live = [c for c in h.conns.values() if not c.closed]
+        self.assertCounters(h, q.queued, q.running, {})
+        for fq in fqs:
+            mine = [j for j in jobs.values() if j._fq is fq]
+            states = [j._state & STATE for j in mine]
+            for p in (NORMAL, LOW, HIGH):
+                n = sum(1 for j in mine if j._state & STATE == QUEUED and
+                        j.precedence == p)
+                self.assertEqual(n, fq.queued[p])
+                self.assertEqual(n, sum(1 for j in fq.fifos[p]
+                                        if j._state & STATE == QUEUED))
+            self.assertEqual(states.count(RUNNING), fq.running)
+            self.assertEqual(states.count(EPOCH), fq.epoch_count)
+            self.assertEqual(sum(1 for c in live if fq in c._fqs),
+                             fq.workers)
+            for job in fq.uniques.values():
+                self.assertIs(job, jobs.get(job.handle))
+            for conn in fq.sleepers:
+                self.assertEqual('SLEEP', conn.state)
+                self.assertIn(fq, conn._fqs)
+        for conn in live:
+            if conn.state == 'SLEEP':
+                # No lost wake-up: a sleeper has nothing it could run.
+                self.assertEqual([0] * len(conn._fqs),
+                                 [fq.runnable for fq in conn._fqs])
+        for handle, job in jobs.items():
+            state = job._state & STATE
+            self.assertIn(state, (QUEUED, EPOCH, RUNNING))
+            if state == RUNNING:
+                self.assertIs(job, job.worker_connection.related_jobs.get(
+                    handle))
+            for conn in job.clients or ():
+                self.assertFalse(conn.closed)
+                self.assertIs(job, conn.related_jobs.get(handle))
+            if not job.background:
+                # Abandoned queued jobs go at once.
+                self.assertTrue(job.clients or state == RUNNING)
+        for conn in h.conns.values():
+            for handle, job in conn.related_jobs.items():
+                self.assertIs(job, jobs.get(handle))
+        store = h.store
+        if isinstance(store, FakeStore) and not store.fail_commit and \
+                not (h.core.store_acked or store.batch or store.removals):
+            self.assertEqual(
+                sorted(hd for hd, j in jobs.items()
+                       if j.background and not j.ignore),
+                sorted(store.rows))
+
+    def runSequence(self, seed, semantics, retries, store):
+        rnd = random.Random(seed)
+        h = self.harness(semantics=semantics, job_retries=retries,
+                         store=store)
+        names = {}
+        submits = {}    # client name -> [background?] in order
+        replies = {}    # client name -> every packet it got
+        silent = set()  # cancelled without a word (gear semantics)
+
+        def name(kind):
+            return '%s.%d' % (kind, names.get(kind, 0))
+
+        def look():
+            for n, packets in h.received().items():
+                replies.setdefault(n, []).extend(packets)
+
+        for i in range(self.STEPS):
+            r = rnd.random()
+            c = name('c%d' % rnd.randint(1, 3))
+            kind = 'w%d' % rnd.randint(1, 3)
+            w = name(kind)
+            fn = rnd.choice((b'f', b'g'))
+            if r < 0.15:
+                ptype = rnd.choice(self.SUBMITS)
+                step = (c, ptype, fn, rnd.choice((b'', b'-', b'a', b'b')),
+                        rnd.choice((b'x', b'y', b'')))
+                if rnd.random() < 0.1:
+                    ptype = SUBMIT_JOB_EPOCH
+                    when = b'%d' % (self.clock.now + rnd.randint(-5, 20))
+                    step = (c, ptype, fn, b'e', when, b'x')
+                background = ptype == SUBMIT_JOB_EPOCH or \
+                    constants.SUBMIT_TYPES[ptype][1]
+                submits.setdefault(c, []).append(background)
+            elif r < 0.2:
+                step = (c, OPTION_REQ, b'exceptions')
+            elif r < 0.3:
+                step = (w, rnd.choice((CAN_DO, CAN_DO, CANT_DO)), fn)
+            elif r < 0.33:
+                step = (w, rnd.choice((RESET_ABILITIES, CAN_DO_TIMEOUT)),
+                        fn + b'\x00%d' % rnd.randint(500, 3000))
+            elif r < 0.48:
+                step = (w, rnd.choice((GRAB_JOB, GRAB_JOB_UNIQ,
+                                       GRAB_JOB_ALL)))
+            elif r < 0.55:
+                step = (w, PRE_SLEEP)
+            elif r < 0.75:
+                conn = h.conns.get(w)
+                held = list(conn.related_jobs) if conn else []
+                handle = rnd.choice(held) if held else H(rnd.randint(1, 9))
+                ptype = rnd.choice((WORK_COMPLETE, WORK_FAIL, WORK_EXCEPTION,
+                                    WORK_DATA, WORK_STATUS))
+                step = (w, ptype, handle, b'1', b'2')
+            elif r < 0.82:
+                who = rnd.choice((c, w))
+                if who in h.conns:
+                    look()
+                    h.drop(who)
+                    kind = who.split('.')[0]
+                    names[kind] = names.get(kind, 0) + 1
+                step = None
+            elif r < 0.87:
+                jobs = h.queue.jobs.values()
+                job = rnd.choice(jobs) if jobs else None
+                if job is not None and not job.ignore and \
+                        h.core.semantics.cancel(h.core, job) and \
+                        semantics == 'gear':
+                    silent.add(job.handle)
+                step = None
+            elif r < 0.93:
+                h.io.advance(rnd.choice((0.5, 1, 2, 5)))
+                step = None
+            elif r < 0.95 and isinstance(store, FakeStore):
+                store.fail_commit = rnd.random() < 0.3
+                store.fail_add = rnd.random() < 0.1
+                step = None
+            else:
+                look()
+                step = None
+            if step is not None:
+                h.send(*step)
+                if rnd.random() < 0.5:
+                    look()
+            h.track()
+            self.checkBooks(h)
+
+        # The end: the store works, workers go, one worker runs the rest.
+        if isinstance(store, FakeStore):
+            store.fail_commit = store.fail_add = False
+        look()
+        for n in [n for n, conn in h.conns.items()
+                  if n.startswith('w') and not conn.closed]:
+            h.drop(n)
+        h.io.advance(100)
+        h.send('last', CAN_DO, b'f')
+        h.send('last', CAN_DO, b'g')
+        while True:
+            h.send('last', GRAB_JOB)
+            packet, = h.recv('last')
+            if packet[0] == NO_JOB:
+                break
+            h.send('last', WORK_COMPLETE, packet[1].split(b'\x00')[0],
+                   b'r')
+        look()
+        self.checkBooks(h)
+        self.assertEqual(0, len(h.queue.jobs))
+        for n, conn in h.conns.items():
+            if not n.startswith('c') or conn.closed:
+                continue
+            got = replies.get(n, [])
+            answers = [p for p in got if p[0] in (JOB_CREATED, ERROR)]
+            self.assertEqual(len(submits.get(n, [])), len(answers))
+            want = collections.Counter(
+                p[1] for bg, p in zip(submits.get(n, []), answers)
+                if p[0] == JOB_CREATED and not bg and p[1] not in silent)
+            ends = collections.Counter(
+                p[1].split(b'\x00')[0] for p in got
+                if p[0] in (WORK_COMPLETE, WORK_FAIL, WORK_EXCEPTION))
+            for handle in silent:
+                del ends[handle]
+            self.assertEqual(want, ends, n)
+
+
+def _sequenceTest(seed, semantics, retries, stored):
+    def test(self):
+        self.runSequence(seed, semantics, retries,
+                         FakeStore() if stored else None)
+    return test
+
+
+for _seed, _semantics, _retries, _stored in (
+        (1, 'gearmand', None, False), (2, 'gearmand', 1, True),
+        (3, 'gear', None, True), (4, 'gear', 0, False)):
+    setattr(TestRandomSequences, 'test_seed_%d_%s' % (_seed, _semantics),
+            _sequenceTest(_seed, _semantics, _retries, _stored))
