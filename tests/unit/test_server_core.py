@@ -591,6 +591,8 @@ ROWS = [
     Row('grab_other_function', Q_FG + [('w', CAN_DO, b'g')],
         ('w', GRAB_JOB), {1: QUEUED}, {'w': [NO_JOB_R]}, (1, 0, 0), 0,
         {b'f': (1, 0, 0), b'g': (0, 0, 1)}),
+    Row('grab_ends_a_sleep', SLEEPING + [('w', GRAB_JOB)], sub(SUBMIT_JOB),
+        {1: QUEUED}, {'c': [created(1)]}, (1, 0, 0), 0, {b'f': (1, 0, 1)}),
     Row('grab_while_sleeping_wakes', Q_FG + SLEEPING + [('w', GRAB_JOB)],
         ('w', GRAB_JOB), {1: RUNNING}, {'w': [NO_JOB_R]}, (0, 0, 0), 1,
         {b'f': (1, 1, 1)}),
@@ -1150,6 +1152,18 @@ class TestWakeUp(CoreTestCase):
         self.sleep(h, 'w1', 'w2')
         h.drop('w')
         self.assertEqual({'w1': [NOOP_R]}, h.received())
+
+    def test_wake_everyone_wakes_only_sleepers(self):
+        # gear's wakeConnections(None).
+        h = self.harness()
+        self.sleep(h, 'w1', 'w2')
+        h.send('w3', CAN_DO, b'f')
+        h.send('c', ECHO_REQ, b'')
+        h.received()
+        h.core.wakeJob(None)
+        self.assertEqual({'w1': [NOOP_R], 'w2': [NOOP_R]}, h.received())
+        h.core.wakeJob(None)
+        self.assertEqual({}, h.received())
 
     def test_drop_of_a_sleeper_forgets_it(self):
         h = self.harness()
