@@ -392,12 +392,15 @@ class Row(object):
     connection not named gets none), ``queued`` (``queue.queued``, in
     [NORMAL, LOW, HIGH] order), ``running`` (``queue.running``), and
     ``fq``: function name -> (``total``, ``running``, ``workers``).
+    ``closes``: the request ends the session (the handler raises) and
+    changes nothing.
     """
 
     def __init__(self, name, start, request, states=None, replies=None,
                  queued=(0, 0, 0), running=0, fq=None, attrs=None,
-                 core=None):
+                 core=None, closes=False):
         self.name = name
+        self.closes = closes
         self.start = start
         self.request = request
         self.states = states or {}
@@ -778,7 +781,10 @@ ROWS = [
     Row('timeout_survives_pre_sleep', RUN_TIMED + [('w', PRE_SLEEP)],
         advance(1.5), {1: QUEUED}, {'w': [NOOP_R]}, (1, 0, 0), 0,
         {b'f': (1, 0, 1)}, {'retries': 1}),
-    Row('timeout_malformed_closes', [], ('w', CAN_DO_TIMEOUT, b'f'), {}),
+    Row('timeout_malformed_closes', [], ('w', CAN_DO_TIMEOUT, b'f'),
+        closes=True),
+    Row('timeout_unparsable_closes', [],
+        ('w', CAN_DO_TIMEOUT, b'f\x00-5'), closes=True),
 
     # Epoch jobs: background, NORMAL, parked until due.
     Row('epoch_past_runs_now', WORKER, epoch(T0 - 10), {1: QUEUED},
@@ -809,7 +815,9 @@ ROWS = [
         epoch(T0 + 30, conn='c2'), {1: EPOCH}, {'c2': [created(1)]},
         (0, 0, 0), 0, {b'f': (1, 0, 0)}, {'when': T0 + 60}),
     Row('epoch_malformed_closes', [],
-        ('c', SUBMIT_JOB_EPOCH, b'f', b'u', b'soon', b'x'), {}),
+        ('c', SUBMIT_JOB_EPOCH, b'f', b'u', b'soon', b'x'), closes=True),
+    Row('submit_malformed_closes', [], ('c', SUBMIT_JOB, b'f', b'u'),
+        closes=True),
 
     # Cancel (the admin command's core), under both semantics.
     Row('cancel_gearmand_queued', Q_FG, cancel(1), {1: DONE},
@@ -881,9 +889,6 @@ ROWS = [
                      b'Server does not recognize given option')]}),
 ]
 
-# Requests that end the session instead of answering.
-CLOSING = {'timeout_malformed_closes', 'epoch_malformed_closes'}
-
 
 class CoreTestCase(testtools.TestCase):
 
@@ -935,10 +940,11 @@ class TestTransitions(CoreTestCase):
         for step in row.start:
             do(h, step)
         h.received()
-        if row.name in CLOSING:
+        if row.closes:
             self.assertRaises(_CloseConnection, do, h, row.request)
             self.assertEqual({}, h.received())
             self.assertEqual(0, len(h.queue.jobs))
+            self.assertEqual([], list(h.conn(row.request[0]).functions))
             return
         do(h, row.request)
         self.assertEqual(row.replies, h.received())
