@@ -722,6 +722,10 @@ ROWS = [
     Row('lost_gear_fg_retries_5_still_fails', RUN_FG, drop('w'), {1: DONE},
         {'c': [work(WORK_FAIL, 1)]}, (0, 0, 0), 0, {b'f': (0, 0, 0)},
         core={'semantics': 'gear', 'job_retries': 5}),
+    Row('lost_clears_progress',
+        RUN_FG + [('w', WORK_STATUS, H(1), b'1', b'2')], drop('w'),
+        {1: QUEUED}, {}, (1, 0, 0), 0, {b'f': (1, 0, 0)},
+        {'numerator': None, 'denominator': None, 'worker_connection': None}),
     Row('lost_idle_worker', Q_FG + WORKER, drop('w'), {1: QUEUED}, {},
         (1, 0, 0), 0, {b'f': (1, 0, 0)}, {'retries': 0}),
 
