@@ -1120,18 +1120,20 @@ class TestWakeUp(CoreTestCase):
         h = self.harness(worker_wakeup=1)
         self.sleep(h, 'w1', 'w2', 'w3')
         woken = []
-        for i in range(3):
+        for i in range(5):
             h.send(*sub(SUBMIT_JOB_BG, b'%d' % i))
             got = h.received()
             del got['c']
-            self.assertEqual(1, len(got))
             (name, packets), = got.items()
             self.assertEqual([NOOP_R], packets)
             woken.append(name)
-        self.assertEqual(['w1', 'w2', 'w3'], woken)
-        # A woken worker that sleeps again goes to the end of the line.
-        h.send('w1', PRE_SLEEP)
-        self.assertEqual([NOOP_R], h.recv('w1'))  # jobs are queued
+            # It runs the job and sleeps again: the end of the line.
+            h.send(name, GRAB_JOB)
+            self.assertEqual([assign(i + 1)], h.recv(name))
+            h.send(name, WORK_COMPLETE, H(i + 1), b'r')
+            h.send(name, PRE_SLEEP)
+            self.assertEqual([], h.recv(name))
+        self.assertEqual(['w1', 'w2', 'w3', 'w1', 'w2'], woken)
 
     def test_noop_is_written_at_once(self):
         h = self.harness()
