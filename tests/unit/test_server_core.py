@@ -12,7 +12,6 @@ rotation, the store-commit rule) are plain tests.
 import collections
 import random
 import struct
-import unittest
 from unittest import mock
 
 import testtools
@@ -34,7 +33,7 @@ from gear.server import semantics as semantics_mod
 from gear.server.connection import ServerConnection
 from gear.server.core import Core, Hooks
 from gear.server.jobs import (
-    DONE, EPOCH, QUEUED, RUNNING, STATE, CompactServerJob)
+    DONE, EPOCH, NEW, QUEUED, RUNNING, STATE, CompactServerJob)
 from gear.server.queue import JobQueue
 from gear.server.store import NullStore, StoreError, StoredJob
 from gear.server.util import _CloseConnection
@@ -1483,6 +1482,7 @@ class TestStoreCommit(CoreTestCase):
     def test_a_commit_that_works_ends_the_failure(self):
         h, store = self.h, self.store
         h.send(*sub(SUBMIT_JOB_BG, b'1'))
+        h.received()  # the commit queues the job
         h.send('w', CAN_DO, b'f')
         h.send('w', GRAB_JOB)
         h.received()
@@ -1534,6 +1534,7 @@ class TestStoreCommit(CoreTestCase):
     def test_completion_removes_the_row_this_turn(self):
         h, store = self.h, self.store
         h.send(*sub(SUBMIT_JOB_BG))
+        h.received()  # the commit queues the job
         h.send('w', CAN_DO, b'f')
         h.send('w', GRAB_JOB)
         h.received()
@@ -1549,6 +1550,7 @@ class TestStoreCommit(CoreTestCase):
     def test_failed_removal_is_written_by_the_probe(self):
         h, store = self.h, self.store
         h.send(*sub(SUBMIT_JOB_BG))
+        h.received()  # the commit queues the job
         h.send('w', CAN_DO, b'f')
         h.send('w', GRAB_JOB)
         h.received()
@@ -1579,6 +1581,7 @@ class TestStoreCommit(CoreTestCase):
     def test_cancel_running_removes_the_row_once(self):
         h, store = self.h, self.store
         h.send(*sub(SUBMIT_JOB_BG))
+        h.received()  # the commit queues the job
         h.send('w', CAN_DO, b'f')
         h.send('w', GRAB_JOB)
         h.received()
@@ -1593,6 +1596,7 @@ class TestStoreCommit(CoreTestCase):
     def test_retry_limit_drop_removes_the_row(self):
         h = Harness(store=self.store, job_retries=0, clock=self.clock)
         h.send(*sub(SUBMIT_JOB_BG))
+        h.received()  # the commit queues the job
         h.send('w', CAN_DO, b'f')
         h.send('w', GRAB_JOB)
         h.received()
@@ -1605,6 +1609,7 @@ class TestStoreCommit(CoreTestCase):
     def test_requeue_keeps_the_row(self):
         h, store = self.h, self.store
         h.send(*sub(SUBMIT_JOB_BG))
+        h.received()  # the commit queues the job
         h.send('w', CAN_DO, b'f')
         h.send('w', GRAB_JOB)
         h.received()
@@ -1613,13 +1618,8 @@ class TestStoreCommit(CoreTestCase):
         self.assertEqual([H(1)], list(store.rows))
         self.assertEqual(QUEUED, h.state(1))
 
-    # gear/server/core.py: a worker can be handed a background job in the
-    # turn its submit was made; the JOB_ASSIGN is already in the worker's
-    # output when commitStore() finds the commit failed, and
-    # _commitFailed() rewrites only the JOB_CREATED replies.  The worker
-    # runs a job whose submitter was told QUEUE_ERROR (and may retry it:
-    # the work is done twice); its result then gets JOB_NOT_FOUND.
-    @unittest.expectedFailure
+    # A job is queued by the commit of its add: a worker cannot be given
+    # a job whose submitter may still be told QUEUE_ERROR.
     def test_job_of_a_failed_commit_is_never_assigned(self):
         h = self.h
         h.send('w', CAN_DO, b'f')
@@ -1629,7 +1629,16 @@ class TestStoreCommit(CoreTestCase):
         got = h.received()
         self.assertEqual([COMMIT_FAILED], got['c'])
         self.assertEqual(DONE, h.state(1))
-        self.assertNotIn(assign(1), got.get('w', []))
+        self.assertEqual([NO_JOB_R], got['w'])
+
+    def test_committed_job_is_queued_and_wakes_a_sleeper(self):
+        h = self.h
+        h.send('w', CAN_DO, b'f')
+        h.send('w', PRE_SLEEP)
+        h.send(*sub(SUBMIT_JOB_BG))
+        self.assertEqual(NEW, h.state(1))
+        self.assertEqual({'c': [created(1)], 'w': [NOOP_R]}, h.received())
+        self.assertEqual(QUEUED, h.state(1))
 
 
 class TestReplay(CoreTestCase):
@@ -1848,12 +1857,7 @@ class TestStatsGauges(CoreTestCase):
         self.check(h)
         self.assertEqual((1, 0, 1), h.core.stats.reports[-1])
 
-    # gear/server/core.py: Core.requeueJob() does not call updateStats(),
-    # and neither do its callers for CANT_DO, RESET_ABILITIES
-    # (_requeueUnregistered) and an expired CAN_DO_TIMEOUT
-    # (_jobTimedOut); only dropConnection() does.  queue.running stays at
-    # 1 after such a requeue, until some other transition publishes.
-    @unittest.expectedFailure
+    # A requeue publishes the gauges, whatever caused it.
     def test_gauges_follow_a_requeue_by_cant_do(self):
         h = self.harness(recorded=True)
         for step in RUN_FG:
@@ -1862,7 +1866,6 @@ class TestStatsGauges(CoreTestCase):
         self.assertEqual(QUEUED, h.state(1))
         self.check(h)
 
-    @unittest.expectedFailure
     def test_gauges_follow_a_requeue_by_timeout(self):
         h = self.harness(recorded=True)
         for step in RUN_TIMED:
@@ -1871,10 +1874,7 @@ class TestStatsGauges(CoreTestCase):
         self.assertEqual(QUEUED, h.state(1))
         self.check(h)
 
-    # gear/server/core.py, _makeSubmit's submit(): a job parked until its
-    # epoch returns before the updateStats() call, so queue.total and
-    # queue.waiting leave it out until another transition publishes.
-    @unittest.expectedFailure
+    # A job parked until its epoch counts in the gauges at once.
     def test_gauges_count_a_future_epoch_job(self):
         h = self.harness(recorded=True)
         h.send(*sub(SUBMIT_JOB))
@@ -1954,13 +1954,8 @@ class TestHooks(CoreTestCase):
         h.core.wakeJob(h.job(1))
         self.assertEqual([NOOP_R], h.recv('w'))
 
-    # gear/server/core.py: Server.wakeConnections' docstring promises that
-    # "a subclass's override is called for every job queued", and a
-    # submit calls only the hook.  A job queued again -- requeueJob()
-    # after a lost worker, CANT_DO or a timeout, and _epochDue() for an
-    # epoch job that falls due -- goes to wakeFunction() instead, so the
-    # override never hears of it (the core NOOPs its own sleepers).
-    @unittest.expectedFailure
+    # An overridden wakeConnections hears of every job queued: new,
+    # requeued, or an epoch job falling due.
     def test_wake_hook_hears_of_a_requeued_job(self):
         woken = []
         h = self.hooked(wake=lambda job: woken.append(job.handle))
@@ -2029,7 +2024,11 @@ class TestRandomSequences(CoreTestCase):
                                  [fq.runnable for fq in conn._fqs])
         for handle, job in jobs.items():
             state = job._state & STATE
-            self.assertIn(state, (QUEUED, EPOCH, RUNNING))
+            if job in h.core.uncommitted:
+                # Queued by the commit at the end of the turn.
+                self.assertIn(state, (NEW, QUEUED, RUNNING))
+            else:
+                self.assertIn(state, (QUEUED, EPOCH, RUNNING))
             if state == RUNNING:
                 self.assertIs(job, job.worker_connection.related_jobs.get(
                     handle))
