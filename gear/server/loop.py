@@ -18,6 +18,7 @@ It knows nothing of jobs.  The server core reaches it through
 :meth:`EventLoop.onLoopThread` and :meth:`EventLoop.connections`.
 """
 
+import collections
 import errno
 import heapq
 import itertools
@@ -41,6 +42,17 @@ from gear.server.util import _CloseConnection
 # glibc's initial mmap threshold (128 KiB) every read could cost an
 # mmap/mremap/munmap round trip.
 RECV_SIZE = 64 * 1024
+# What one turn reads from all its readable plain sockets together: each
+# gets an equal share (at most RECV_SIZE, at least MIN_SHARE) and what
+# is left stays in the kernel for the next turn (the poller is
+# level-triggered).
+TURN_READ = 256 * 1024
+MIN_SHARE = 4 * 1024
+# The input of sockets that filled their share is handled for this long
+# (seconds) per turn; what is left waits for the next turn, after the
+# peers that sent little.  So a job's next step waits one short turn,
+# however many peers flood the server with requests.
+TURN_TIME = 0.002
 # The longest single poll wait; far timers are simply re-checked.
 MAX_POLL_WAIT = 3600.0
 
@@ -71,6 +83,10 @@ class EventLoop(object):
         self.lock = threading.RLock()
         self.connection_map = {}
         self._closing = []
+        # Connection -> input read but not handled yet: a full share
+        # that its turn had no time left for.  Handled before anything
+        # more is read from that socket.
+        self._carry = collections.OrderedDict()
         self._timers = []
         self._timer_seq = itertools.count()
         self.running = True
@@ -217,12 +233,17 @@ class EventLoop(object):
                   cls.readFromConnection is EventLoop.readFromConnection)
         plain_read = _EV_READ
         recv_size = RECV_SIZE
+        turn_read = TURN_READ
+        min_share = MIN_SHARE
         metrics = self.metrics
         queue = core.queue
         monotonic = time.monotonic
+        carry = self._carry
         while self.running:
             timeout = -1
-            if timers:
+            if carry:
+                timeout = 0
+            elif timers:
                 timeout = min(MAX_POLL_WAIT,
                               max(0.0, timers[0][0] - time.monotonic()))
             if metrics is not None and metrics.ended and not (
@@ -250,6 +271,15 @@ class EventLoop(object):
                         metrics.mark(queue.max_handle)
                     if metrics.capture_request is not None:
                         metrics.serveCapture(self)
+                # A socket that fills its share has more waiting: its
+                # input is handled after everyone else's, and after the
+                # replies to the others have been written.
+                share = turn_read // len(events) if events else recv_size
+                if share > recv_size:
+                    share = recv_size
+                elif share < min_share:
+                    share = min_share
+                heavy = None
                 for fd, ev in events:
                     conn = fdmap.get(fd)
                     if conn is None:
@@ -258,14 +288,23 @@ class EventLoop(object):
                         elif fd == wake_fd:
                             self._drainWakePipe()
                         continue
+                    if carry and conn in carry:
+                        # Its earlier input first, in the second half.
+                        continue
                     if ev == plain_read and inline and conn._plain:
                         try:
-                            data = conn.conn.recv(recv_size)
+                            data = conn.conn.recv(share)
                         except (BlockingIOError, InterruptedError):
                             continue
                         except (OSError, ValueError) as e:
                             self._readFailed(conn, e)
                         else:
+                            if len(data) >= share:
+                                if heavy is None:
+                                    heavy = [conn, data]
+                                else:
+                                    heavy += (conn, data)
+                                continue
                             if data:
                                 handle_input(conn, data)
                             else:
@@ -274,6 +313,8 @@ class EventLoop(object):
                         process(conn, ev)
                     if self._closing:
                         self._closeDeferred()
+                if heavy is not None or carry:
+                    self._handleHeavy(heavy)
                 if timers and timers[0][0] <= time.monotonic():
                     self._runTimers()
                 if core.store_acked:
@@ -282,6 +323,34 @@ class EventLoop(object):
                     flush(dirty)
                 if core.draining and not queue.running:
                     self.running = False
+
+    def _handleHeavy(self, heavy):
+        """The second half of a turn: write the replies of the peers that
+        sent little (after the store commit, as at the end of every
+        turn), then handle the full shares, oldest first, for at most
+        TURN_TIME (``heavy`` is None or a flat list of connection,
+        bytes read this turn)."""
+        core = self.core
+        if core.store_acked:
+            core.commitStore()
+        if core.dirty:
+            self._flushDirty(core.dirty)
+        carry = self._carry
+        if heavy is not None:
+            for i in range(0, len(heavy), 2):
+                carry[heavy[i]] = heavy[i + 1]
+        handle_input = self._processData
+        monotonic = time.monotonic
+        deadline = monotonic() + TURN_TIME
+        while carry:
+            conn, data = carry.popitem(last=False)
+            if conn.closed:
+                continue
+            handle_input(conn, data)
+            if self._closing:
+                self._closeDeferred()
+            if monotonic() >= deadline:
+                break
 
     def _processPollEvent(self, conn, event):
         """Handle one poll event of a connection."""
