@@ -8,6 +8,10 @@ the server core (:mod:`gear.server.core`) once per complete message.
 The replies the core appends to connections' output buffers are written
 once per turn, after the core's store commit (``Core.commitStore``), and
 a peer that leaves its replies unread stops being read (backpressure).
+A read that fills the whole buffer marks a peer that floods the server
+(a CI worker registering tens of thousands of functions, say): the
+peers that sent little are answered first, and the floods get a time
+slice per turn, so a job keeps moving while they are handled.
 Timers (CAN_DO_TIMEOUT per job, epoch jobs, TLS handshake deadlines,
 store probes) live in one heap; the poll timeout is the time to the next
 one.
@@ -42,17 +46,6 @@ from gear.server.util import _CloseConnection
 # glibc's initial mmap threshold (128 KiB) every read could cost an
 # mmap/mremap/munmap round trip.
 RECV_SIZE = 64 * 1024
-# What one turn reads from all its readable plain sockets together: each
-# gets an equal share (at most RECV_SIZE, at least MIN_SHARE) and what
-# is left stays in the kernel for the next turn (the poller is
-# level-triggered).
-TURN_READ = 256 * 1024
-MIN_SHARE = 4 * 1024
-# The input of sockets that filled their share is handled for this long
-# (seconds) per turn; what is left waits for the next turn, after the
-# peers that sent little.  So a job's next step waits one short turn,
-# however many peers flood the server with requests.
-TURN_TIME = 0.002
 # The longest single poll wait; far timers are simply re-checked.
 MAX_POLL_WAIT = 3600.0
 
@@ -72,6 +65,12 @@ class EventLoop(object):
     :meth:`_openLoop` and :meth:`_startLoop`.
     """
 
+    # How long (seconds) a turn handles the input of flooding peers (reads
+    # that filled RECV_SIZE); the rest waits for the next turn, after the
+    # peers that sent little.  So a job's next step waits one short turn,
+    # however many peers flood the server with requests.
+    turn_time = 0.002
+
     if _HAS_EPOLL:
         edge_bitmask = select.EPOLLET
         error_bitmask = select.EPOLLERR | select.EPOLLHUP | edge_bitmask
@@ -83,7 +82,7 @@ class EventLoop(object):
         self.lock = threading.RLock()
         self.connection_map = {}
         self._closing = []
-        # Connection -> input read but not handled yet: a full share
+        # Connection -> input read but not handled yet: a full read
         # that its turn had no time left for.  Handled before anything
         # more is read from that socket.
         self._carry = collections.OrderedDict()
@@ -233,8 +232,6 @@ class EventLoop(object):
                   cls.readFromConnection is EventLoop.readFromConnection)
         plain_read = _EV_READ
         recv_size = RECV_SIZE
-        turn_read = TURN_READ
-        min_share = MIN_SHARE
         metrics = self.metrics
         queue = core.queue
         monotonic = time.monotonic
@@ -271,14 +268,9 @@ class EventLoop(object):
                         metrics.mark(queue.max_handle)
                     if metrics.capture_request is not None:
                         metrics.serveCapture(self)
-                # A socket that fills its share has more waiting: its
-                # input is handled after everyone else's, and after the
-                # replies to the others have been written.
-                share = turn_read // len(events) if events else recv_size
-                if share > recv_size:
-                    share = recv_size
-                elif share < min_share:
-                    share = min_share
+                # A read that fills RECV_SIZE likely leaves more behind:
+                # that peer floods, and its input waits until the others
+                # have been served (see _handleHeavy).
                 heavy = None
                 for fd, ev in events:
                     conn = fdmap.get(fd)
@@ -293,13 +285,13 @@ class EventLoop(object):
                         continue
                     if ev == plain_read and inline and conn._plain:
                         try:
-                            data = conn.conn.recv(share)
+                            data = conn.conn.recv(recv_size)
                         except (BlockingIOError, InterruptedError):
                             continue
                         except (OSError, ValueError) as e:
                             self._readFailed(conn, e)
                         else:
-                            if len(data) >= share:
+                            if len(data) >= recv_size:
                                 if heavy is None:
                                     heavy = [conn, data]
                                 else:
@@ -327,9 +319,10 @@ class EventLoop(object):
     def _handleHeavy(self, heavy):
         """The second half of a turn: write the replies of the peers that
         sent little (after the store commit, as at the end of every
-        turn), then handle the full shares, oldest first, for at most
-        TURN_TIME (``heavy`` is None or a flat list of connection,
-        bytes read this turn)."""
+        turn), then handle the floods' reads, oldest first, for at most
+        ``turn_time`` (``heavy`` is None or a flat list of connection,
+        bytes read this turn).  What is left is kept in ``_carry`` and
+        handled first next turn, before more is read from its socket."""
         core = self.core
         if core.store_acked:
             core.commitStore()
@@ -341,7 +334,7 @@ class EventLoop(object):
                 carry[heavy[i]] = heavy[i + 1]
         handle_input = self._processData
         monotonic = time.monotonic
-        deadline = monotonic() + TURN_TIME
+        deadline = monotonic() + self.turn_time
         while carry:
             conn, data = carry.popitem(last=False)
             if conn.closed:
@@ -723,6 +716,7 @@ class EventLoop(object):
             if self.core.store_acked:
                 # A turn cut short: commit before its replies go out.
                 self.core.commitStore()
+            self._carry.clear()
             for conn in list(self.connection_map.values()):
                 if conn.send_queue:
                     try:
