@@ -375,25 +375,29 @@ class MessageScanner(object):
                 self.messages += count
                 return None
             if data[pos] == 0:
-                if end - pos < 12:
+                body = pos + 12
+                if body > end:
                     break
                 magic, ptype, size = unpack(data, pos)
+                stop = body + size
+                if magic == req_magic and size <= maxsize and \
+                        stop <= end and ptype < known:
+                    # A request of the table: the common case first.
+                    count += 1
+                    handlers[ptype](context, data[body:stop])
+                    pos = stop
+                    continue
                 if magic != req_magic and magic != _RES_MAGIC:
                     raise ProtocolError("Invalid magic code %r" % (
                         data[pos:pos + 4],))
                 if size > maxsize:
                     raise PacketTooLarge(size, maxsize)
-                stop = pos + 12 + size
                 if stop > end:
                     break
-                payload = data[pos + 12:stop]
+                payload = data[body:stop]
                 pos = stop
                 count += 1
-                if magic == req_magic and ptype < known:
-                    handlers[ptype](context, payload)
-                else:
-                    self.on_other(context, magic == req_magic, ptype,
-                                  payload)
+                self.on_other(context, magic == req_magic, ptype, payload)
             else:
                 nl = data.find(b'\n', pos)
                 if nl < 0:

@@ -8,6 +8,10 @@ the server core (:mod:`gear.server.core`) once per complete message.
 The replies the core appends to connections' output buffers are written
 once per turn, after the core's store commit (``Core.commitStore``), and
 a peer that leaves its replies unread stops being read (backpressure).
+A read that fills the whole buffer marks a peer that floods the server
+(a CI worker registering tens of thousands of functions, say): the
+peers that sent little are answered first, and the floods get a time
+slice per turn, so a job keeps moving while they are handled.
 Timers (CAN_DO_TIMEOUT per job, epoch jobs, TLS handshake deadlines,
 store probes) live in one heap; the poll timeout is the time to the next
 one.
@@ -18,6 +22,7 @@ It knows nothing of jobs.  The server core reaches it through
 :meth:`EventLoop.onLoopThread` and :meth:`EventLoop.connections`.
 """
 
+import collections
 import errno
 import heapq
 import itertools
@@ -61,6 +66,12 @@ class EventLoop(object):
     ``_openLoop()`` and ``_startLoop()``.
     """
 
+    # How long (seconds) a turn handles the input of flooding peers (reads
+    # that filled RECV_SIZE); the rest waits for the next turn, after the
+    # peers that sent little.  So a job's next step waits one short turn,
+    # however many peers flood the server with requests.
+    turn_time = 0.002
+
     if _HAS_EPOLL:
         edge_bitmask = select.EPOLLET
         error_bitmask = select.EPOLLERR | select.EPOLLHUP | edge_bitmask
@@ -72,6 +83,10 @@ class EventLoop(object):
         self.lock = threading.RLock()
         self.connection_map = {}
         self._closing = []
+        # Connection -> input read but not handled yet: a full read
+        # that its turn had no time left for.  Handled before anything
+        # more is read from that socket.
+        self._carry = collections.OrderedDict()
         self._timers = []
         self._timer_seq = itertools.count()
         self.running = True
@@ -223,9 +238,12 @@ class EventLoop(object):
         metrics = self.metrics
         queue = core.queue
         monotonic = time.monotonic
+        carry = self._carry
         while self.running:
             timeout = -1
-            if timers:
+            if carry:
+                timeout = 0
+            elif timers:
                 timeout = min(MAX_POLL_WAIT,
                               max(0.0, timers[0][0] - time.monotonic()))
             if metrics is not None and metrics.ended and not (
@@ -253,6 +271,10 @@ class EventLoop(object):
                         metrics.mark(queue.max_handle)
                     if metrics.capture_request is not None:
                         metrics.serveCapture(self)
+                # A read that fills RECV_SIZE likely leaves more behind:
+                # that peer floods, and its input waits until the others
+                # have been served (see _handleHeavy).
+                heavy = None
                 for fd, ev in events:
                     conn = fdmap.get(fd)
                     if conn is None:
@@ -260,6 +282,9 @@ class EventLoop(object):
                             self.connectLoop()
                         elif fd == wake_fd:
                             self._drainWakePipe()
+                        continue
+                    if carry and conn in carry:
+                        # Its earlier input first, in the second half.
                         continue
                     if ev == plain_read and inline and conn._plain:
                         try:
@@ -269,6 +294,12 @@ class EventLoop(object):
                         except (OSError, ValueError) as e:
                             self._readFailed(conn, e)
                         else:
+                            if len(data) >= recv_size:
+                                if heavy is None:
+                                    heavy = [conn, data]
+                                else:
+                                    heavy += (conn, data)
+                                continue
                             if data:
                                 handle_input(conn, data)
                             else:
@@ -277,6 +308,8 @@ class EventLoop(object):
                         process(conn, ev)
                     if self._closing:
                         self._closeDeferred()
+                if heavy is not None or carry:
+                    self._handleHeavy(heavy)
                 if timers and timers[0][0] <= time.monotonic():
                     self._runTimers()
                 if core.store_acked:
@@ -285,6 +318,35 @@ class EventLoop(object):
                     flush(dirty)
                 if core.draining and not queue.running:
                     self.running = False
+
+    def _handleHeavy(self, heavy):
+        """The second half of a turn: write the replies of the peers that
+        sent little (after the store commit, as at the end of every
+        turn), then handle the floods' reads, oldest first, for at most
+        ``turn_time`` (``heavy`` is None or a flat list of connection,
+        bytes read this turn).  What is left is kept in ``_carry`` and
+        handled first next turn, before more is read from its socket."""
+        core = self.core
+        if core.store_acked:
+            core.commitStore()
+        if core.dirty:
+            self._flushDirty(core.dirty)
+        carry = self._carry
+        if heavy is not None:
+            for i in range(0, len(heavy), 2):
+                carry[heavy[i]] = heavy[i + 1]
+        handle_input = self._processData
+        monotonic = time.monotonic
+        deadline = monotonic() + self.turn_time
+        while carry:
+            conn, data = carry.popitem(last=False)
+            if conn.closed:
+                continue
+            handle_input(conn, data)
+            if self._closing:
+                self._closeDeferred()
+            if monotonic() >= deadline:
+                break
 
     def _processPollEvent(self, conn, event):
         """Handle one poll event of a connection."""
@@ -663,6 +725,7 @@ class EventLoop(object):
             if self.core.store_acked:
                 # A turn cut short: commit before its replies go out.
                 self.core.commitStore()
+            self._carry.clear()
             for conn in list(self.connection_map.values()):
                 if conn.send_queue:
                     try:
