@@ -46,6 +46,10 @@ PRECEDENCES = (NORMAL, LOW, HIGH)
 COMPACT_MIN = 1024
 
 _deque = collections.deque
+# The FIFO of a (function, precedence) that never had a job: a CI farm
+# registers tens of thousands of functions, most of which never get a
+# job at some precedences, and an empty deque costs ~600 bytes.
+_NO_FIFO = ()
 _heappush = heapq.heappush
 _heappop = heapq.heappop
 
@@ -76,8 +80,9 @@ class FunctionQueue(object):
 
     def __init__(self, name, limits=None):
         self.name = name
-        # Indexed by precedence value: [NORMAL, LOW, HIGH].
-        self.fifos = (_deque(), _deque(), _deque())
+        # Indexed by precedence value: [NORMAL, LOW, HIGH]; a deque from
+        # the first job of that precedence on (_NO_FIFO before).
+        self.fifos = [_NO_FIFO, _NO_FIFO, _NO_FIFO]
         self.queued = [0, 0, 0]
         self.stale = [0, 0, 0]
         self.epoch = []          # heap of (when, seq, job)
@@ -250,7 +255,10 @@ class JobQueue(object):
 
     def enqueue(self, job, fq, p):
         """QUEUED: at the tail of the (function, precedence) FIFO."""
-        fq.fifos[p].append(job)
+        fifo = fq.fifos[p]
+        if fifo is _NO_FIFO:
+            fifo = fq.fifos[p] = _deque()
+        fifo.append(job)
         fq.queued[p] += 1
         self.queued[p] += 1
         job._state = (job._state & FLAGS) | QUEUED
