@@ -132,6 +132,8 @@ _DONE = jobstates.DONE
 _QUEUED = jobstates.QUEUED
 PRIORITY_NAMES = {HIGH: 'high', NORMAL: 'normal', LOW: 'low'}
 PRECEDENCE_ORDER = (HIGH, NORMAL, LOW)
+# Above every job number.
+_NO_LIMIT = float('inf')
 _FINE_BUCKET = [_bisect(TIME_BOUNDS, (t + 0.5) / _FINE)
                 for t in range(_FINE_LIMIT)]
 
@@ -167,6 +169,7 @@ class Recorder(object):
         #: sets: the turn's transitions share one clock read.
         now = self.now = clock()
         self.started_at = now
+        self._prefix = handle_prefix
         self._plen = len(handle_prefix)
         self.functions = {}       # name (bytes) -> FunctionStats
         self._running = {}        # job -> time it was handed out
@@ -301,9 +304,22 @@ class Recorder(object):
         marks = self._mark_n
         nmarks = len(marks)
         mark_t = self._mark_t
-        i = self._hint
         fine = _FINE_BUCKET
         attach = self._attach
+        # The mark the previous job was created after, and the job
+        # numbers it covers: lo < n <= hi.
+        i = self._hint
+        if i >= nmarks:
+            i = nmarks - 1
+        interval = self._interval
+        lo, hi, width, lo_h, hi_h = interval(i)
+        # Jobs that end in one turn share that turn's time, the very
+        # same float object, and so do the start times of jobs handed
+        # out in one turn: most jobs repeat the previous job's times,
+        # and an identity test spares computing its buckets again.
+        last_now = last_start = last_since = since_start = None
+        run = wait = 0.0
+        run_slot = wait_slot = 0
         for job, kind, now in batch:
             fq = job._fq
             st = fq.stats
@@ -315,36 +331,71 @@ class Recorder(object):
                 continue
             # Turn times never go back: start <= now, and a job's marks
             # and requeue time are no later than its start.
-            run = now - start
-            t = int(run * _FINE)
-            st.run[fine[t] if t < _FINE_LIMIT
-                   else _bisect(TIME_BOUNDS, run)] += 1
+            if start is not last_start or now is not last_now:
+                last_start = start
+                last_now = now
+                run = now - start
+                t = int(run * _FINE)
+                run_slot = fine[t] if t < _FINE_LIMIT else \
+                    _bisect(TIME_BOUNDS, run)
+            st.run[run_slot] += 1
             st.run_sum += run
             if requeued and job in requeued:
                 since = requeued.pop(job)
             else:
                 # createdAt(), inlined: jobs mostly end in the order
-                # they were created, so the previous mark is tried first.
+                # they were created, so the previous mark is tried first,
+                # on the handle itself (digits of one width compare as
+                # bytes as they do as numbers) before it is parsed.
+                handle = job.handle
                 try:
-                    n = int(job.handle[plen:])
-                except (ValueError, TypeError):
-                    n = 0
-                if not (i < nmarks and marks[i] < n and
-                        (i + 1 == nmarks or marks[i + 1] >= n)):
-                    i = _bisect(marks, n) - 1
-                    if i < 0:
-                        i = 0
+                    same = len(handle) == width and lo_h < handle <= hi_h
+                except TypeError:
+                    same = False
+                if not same:
+                    try:
+                        n = int(handle[plen:])
+                    except (ValueError, TypeError):
+                        n = 0
+                    if not lo < n <= hi:
+                        i = _bisect(marks, n) - 1
+                        if i < 0:
+                            i = 0
+                        lo, hi, width, lo_h, hi_h = interval(i)
                 since = mark_t[i]
                 links = job._links
                 if links is not None and links.extra:
                     since = min(start, self._epoch(
                         links.extra, since, self._clock()))
-            wait = start - since
-            t = int(wait * _FINE)
-            st.wait[fine[t] if t < _FINE_LIMIT
-                    else _bisect(TIME_BOUNDS, wait)] += 1
+            if since is not last_since or start is not since_start:
+                last_since = since
+                since_start = start
+                wait = start - since
+                t = int(wait * _FINE)
+                wait_slot = fine[t] if t < _FINE_LIMIT else \
+                    _bisect(TIME_BOUNDS, wait)
+            st.wait[wait_slot] += 1
             st.wait_sum += wait
         self._hint = i
+
+    def _interval(self, i):
+        """The job numbers that mark ``i`` covers, ``lo < n <= hi``,
+        and the same bounds as handles of one width: one of the server's
+        handles of that width is in the interval if
+        ``lo_h < handle <= hi_h``."""
+        marks = self._mark_n
+        lo = marks[i]
+        hi = marks[i + 1] if i + 1 < len(marks) else _NO_LIMIT
+        prefix = self._prefix
+        lo_h = prefix + b'%d' % lo
+        hi_h = None
+        if hi != _NO_LIMIT:
+            hi_h = prefix + b'%d' % hi
+        if hi_h is None or len(hi_h) != len(lo_h):
+            # Every handle of lo_h's width above lo is below hi: a
+            # byte above the digits bounds them.
+            hi_h = prefix + b'\x7f'
+        return lo, hi, len(lo_h), lo_h, hi_h
 
     def requeued(self, job):
         """A job lost its worker and went back to its queue."""
