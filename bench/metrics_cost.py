@@ -16,13 +16,25 @@ of CPU time per job for:
   at once.
 
 Between every ``--per-turn`` jobs, the loop's start-of-turn work is
-done as the server's loop does it (the turn's clock read; counting the
-ended jobs when enough are pending), so the batch counting is timed
-where it happens.
+done as the server's loop does it (the turn's clock read, counting the
+ended jobs when enough are pending, a mark when jobs were created), so
+the batch counting is timed where it happens.
 
 Run it from the repository root::
 
     python3 -m bench.metrics_cost --n 30000 --repeat 7
+
+On a busy machine these differences drown in noise; instruction and
+cache-miss counts do not.  With ``--turn-step`` the turns' times advance
+by a fixed step instead of following the clock, so that a run does the
+same work every time, and ``--once PATH:on`` (or ``:off``) runs one
+path once, for ``valgrind --tool=cachegrind`` with ``PYTHONHASHSEED=0``.
+The difference of the totals of two job counts, divided by the
+difference of the counts, is the count per job::
+
+    PYTHONHASHSEED=0 valgrind --tool=cachegrind --cache-sim=yes \\
+        --LL=1048576,16,64 python3 -m bench.metrics_cost \\
+        --once pipeline:on --n 12000 --turn-step 0.00016
 """
 
 import argparse
@@ -37,20 +49,30 @@ from gear.server import metrics as metrics_mod
 from gear.server.connection import ServerConnection
 from gear.server.server import Server
 
+PATHS = ('submit', 'drain', 'pipeline')
 
-def _turn_function(server):
+
+def _turn_function(server, step=None):
     """The metrics part of the start of a loop turn (server.py
     ``_pollTurns``): the turn's time, the ended jobs counted when their
-    batch is full or due, and a mark when jobs were created."""
+    batch is full or due, and a mark when jobs were created.  With
+    ``step``, each turn is that many seconds after the previous one."""
     recorder = server.metrics
     if recorder is None:
         return lambda: None
-    monotonic = time.monotonic
+    if step:
+        times = [recorder.now]
+
+        def clock():
+            times[0] += step
+            return times[0]
+    else:
+        clock = time.monotonic
     ended = recorder.ended
     queue = server.queue
 
     def turn():
-        recorder.now = now = monotonic()
+        recorder.now = now = clock()
         if ended and (now >= recorder.flush_due or
                       len(ended) >= metrics_mod.FLUSH_AT):
             recorder.flush()
@@ -61,8 +83,8 @@ def _turn_function(server):
     return turn
 
 
-def measure(metrics, n, per_turn=8, window=400):
-    """{path: seconds of CPU per job} for one fresh server."""
+def measure(metrics, n, path, per_turn=8, window=400, step=None):
+    """Seconds of CPU per job on ``path`` for one fresh server."""
     server = Server(0, host='127.0.0.1', metrics=metrics)
     socks = socket.socketpair() + socket.socketpair()
     try:
@@ -74,59 +96,59 @@ def measure(metrics, n, per_turn=8, window=400):
         if handlers is None:
             handlers = server._scanner.handlers
         payloads = [b'fn\x00u%d\x00' % i + b'p' * 100 for i in range(n)]
-        turn = _turn_function(server)
+        turn = _turn_function(server, step)
         with server.lock:
             handlers[C.CAN_DO](worker, b'fn')
             grab = handlers[C.GRAB_JOB_UNIQ]
             complete = handlers[C.WORK_COMPLETE]
             related = worker.related_jobs
             out = worker.send_queue
-            costs = {}
+            replies = client.send_queue
             gc.collect()
             gc.disable()
             try:
-                submit = handlers[C.SUBMIT_JOB_BG]
-                t0 = time.process_time()
-                for payload in payloads:
-                    submit(client, payload)
-                costs['submit'] = time.process_time() - t0
-                client.send_queue.clear()
-
-                t0 = time.process_time()
-                for i in range(n):
-                    if not i % per_turn:
-                        turn()
-                    grab(worker, b'')
-                    complete(worker, next(iter(related)) + b'\x00done')
-                    out.clear()
-                # What is still pending is counted in a later turn.
-                if server.metrics is not None:
-                    server.metrics.flush()
-                costs['drain'] = time.process_time() - t0
-                del server._dirty[:]
-
-                submit = handlers[C.SUBMIT_JOB]
-                replies = client.send_queue
-                ahead = min(window, n)
-                t0 = time.process_time()
-                for payload in payloads[:ahead]:
-                    submit(client, payload)
-                for i in range(n):
-                    if not i % per_turn:
-                        turn()
-                        replies.clear()
-                    if i + ahead < n:
-                        submit(client, payloads[i + ahead])
-                    grab(worker, b'')
-                    complete(worker, next(reversed(related)) + b'\x00done')
-                    out.clear()
-                if server.metrics is not None:
-                    server.metrics.flush()
-                costs['pipeline'] = time.process_time() - t0
+                if path in ('submit', 'drain'):
+                    submit = handlers[C.SUBMIT_JOB_BG]
+                    t0 = time.process_time()
+                    for payload in payloads:
+                        submit(client, payload)
+                    cost = time.process_time() - t0
+                    replies.clear()
+                if path == 'drain':
+                    t0 = time.process_time()
+                    for i in range(n):
+                        if not i % per_turn:
+                            turn()
+                        grab(worker, b'')
+                        complete(worker, next(iter(related)) + b'\x00done')
+                        out.clear()
+                    # What is still pending is counted in a later turn.
+                    if server.metrics is not None:
+                        server.metrics.flush()
+                    cost = time.process_time() - t0
+                elif path == 'pipeline':
+                    submit = handlers[C.SUBMIT_JOB]
+                    ahead = min(window, n)
+                    t0 = time.process_time()
+                    for payload in payloads[:ahead]:
+                        submit(client, payload)
+                    for i in range(n):
+                        if not i % per_turn:
+                            turn()
+                            replies.clear()
+                        if i + ahead < n:
+                            submit(client, payloads[i + ahead])
+                        grab(worker, b'')
+                        complete(worker,
+                                 next(reversed(related)) + b'\x00done')
+                        out.clear()
+                    if server.metrics is not None:
+                        server.metrics.flush()
+                    cost = time.process_time() - t0
             finally:
                 gc.enable()
             del server._dirty[:]
-        return {path: cost / n for path, cost in costs.items()}
+        return cost / n
     finally:
         server.shutdown()
         for sock in socks:
@@ -142,17 +164,32 @@ def main(argv=None):
     p.add_argument('--per-turn', type=int, default=8,
                    help='jobs handled per turn of the loop')
     p.add_argument('--window', type=int, default=400,
-                   help='pipeline: jobs submitted ahead of the workers')
+                   help='pipeline: jobs submitted ahead of the worker')
+    p.add_argument('--turn-step', type=float, default=None,
+                   help='seconds from one turn to the next, instead of '
+                        'the clock')
+    p.add_argument('--once', default=None, metavar='PATH:on|off',
+                   help='run one path once, with metrics on or off')
     opts = p.parse_args(argv)
-    best = {False: {}, True: {}}
+    kw = dict(per_turn=opts.per_turn, window=opts.window,
+              step=opts.turn_step)
+    if opts.once:
+        path, _, state = opts.once.partition(':')
+        if path not in PATHS or state not in ('on', 'off'):
+            p.error('--once takes PATH:on or PATH:off, PATH one of %s'
+                    % ', '.join(PATHS))
+        measure(state == 'on', opts.n, path, **kw)
+        return 0
+    best = {(path, metrics): 1.0 for path in PATHS
+            for metrics in (False, True)}
     for _ in range(opts.repeat):
-        for metrics in (False, True):
-            costs = measure(metrics, opts.n, opts.per_turn, opts.window)
-            for path, cost in costs.items():
-                best[metrics][path] = min(best[metrics].get(path, 1.0),
-                                          cost)
-    for path in ('submit', 'drain', 'pipeline'):
-        off, on = best[False][path] * 1e9, best[True][path] * 1e9
+        for path in PATHS:
+            for metrics in (False, True):
+                best[path, metrics] = min(
+                    best[path, metrics],
+                    measure(metrics, opts.n, path, **kw))
+    for path in PATHS:
+        off, on = best[path, False] * 1e9, best[path, True] * 1e9
         print(json.dumps({'path': path, 'ns_per_job_without': round(off),
                           'ns_per_job_with': round(on),
                           'difference_ns': round(on - off)}))
