@@ -315,32 +315,19 @@ class Recorder(object):
         lo, hi, width, lo_h, hi_h = interval(i)
         # Jobs that end in one turn share that turn's time, the very
         # same float object, and so do the start times of jobs handed
-        # out in one turn: most jobs repeat the previous job's times,
-        # and an identity test spares computing its buckets again.
-        last_now = last_start = last_since = since_start = None
-        run = wait = 0.0
-        run_slot = wait_slot = 0
+        # out in one turn and the creation times of jobs created in one
+        # mark's span: most jobs repeat the previous job's function,
+        # result and times, tested by identity, and such a run of jobs
+        # is filed at once.
+        groups = []
+        group = groups.append
+        g_fq = g_kind = g_start = g_now = g_since = None
+        g_n = 0
         for job, kind, now in batch:
-            fq = job._fq
-            st = fq.stats
-            if st is None:
-                st = attach(fq)
-            st.counts[kind] += 1
             start = pop_start(job, None)
             if start is None:
-                continue
-            # Turn times never go back: start <= now, and a job's marks
-            # and requeue time are no later than its start.
-            if start is not last_start or now is not last_now:
-                last_start = start
-                last_now = now
-                run = now - start
-                t = int(run * _FINE)
-                run_slot = fine[t] if t < _FINE_LIMIT else \
-                    _bisect(TIME_BOUNDS, run)
-            st.run[run_slot] += 1
-            st.run_sum += run
-            if requeued and job in requeued:
+                since = None
+            elif requeued and job in requeued:
                 since = requeued.pop(job)
             else:
                 # createdAt(), inlined: jobs mostly end in the order
@@ -367,16 +354,41 @@ class Recorder(object):
                 if links is not None and links.extra:
                     since = min(start, self._epoch(
                         links.extra, since, self._clock()))
-            if since is not last_since or start is not since_start:
-                last_since = since
-                since_start = start
-                wait = start - since
-                t = int(wait * _FINE)
-                wait_slot = fine[t] if t < _FINE_LIMIT else \
-                    _bisect(TIME_BOUNDS, wait)
-            st.wait[wait_slot] += 1
-            st.wait_sum += wait
+            fq = job._fq
+            if start is g_start and now is g_now and since is g_since \
+                    and fq is g_fq and kind == g_kind:
+                g_n += 1
+                continue
+            if g_n:
+                group((g_fq, g_kind, g_start, g_now, g_since, g_n))
+            g_fq = fq
+            g_kind = kind
+            g_start = start
+            g_now = now
+            g_since = since
+            g_n = 1
+        if g_n:
+            group((g_fq, g_kind, g_start, g_now, g_since, g_n))
         self._hint = i
+        for fq, kind, start, now, since, k in groups:
+            st = fq.stats
+            if st is None:
+                st = attach(fq)
+            st.counts[kind] += k
+            if start is None:
+                continue
+            # Turn times never go back: start <= now, and a job's marks
+            # and requeue time are no later than its start.
+            run = now - start
+            t = int(run * _FINE)
+            st.run[fine[t] if t < _FINE_LIMIT
+                   else _bisect(TIME_BOUNDS, run)] += k
+            st.run_sum += run * k
+            wait = start - since
+            t = int(wait * _FINE)
+            st.wait[fine[t] if t < _FINE_LIMIT
+                    else _bisect(TIME_BOUNDS, wait)] += k
+            st.wait_sum += wait * k
 
     def _interval(self, i):
         """The job numbers that mark ``i`` covers, ``lo < n <= hi``,

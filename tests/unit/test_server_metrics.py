@@ -179,6 +179,41 @@ class RecorderTestCase(testtools.TestCase):
         self.assertEqual(len(jobs), st.counts[metrics.COMPLETED])
         self.assertEqual(len(jobs), sum(st.run))
 
+    def test_alike_jobs_are_filed_together_and_exactly(self):
+        # Jobs of one turn share their times: runs of them are filed at
+        # once, split where the function or the result changes; a job
+        # that never started is only counted.
+        self.tick()
+        a = [self.server.submit(self.recorder, b'a') for _ in range(5)]
+        b = [self.server.submit(self.recorder, b'b') for _ in range(3)]
+        idle = self.server.submit(self.recorder, b'b')
+        self.tick(0.003)
+        for job in a + b:
+            self.server.start(self.recorder, job)
+        self.tick(0.02)
+        for job in a[:2] + b[:1] + a[2:]:
+            self.recorder.finished(job, metrics.COMPLETED)
+        for job in b[1:]:
+            self.recorder.finished(job, metrics.FAILED)
+        self.recorder.finished(idle, metrics.EXCEPTION)
+        self.recorder.flush()
+        sa = self.recorder.functions[b'a']
+        sb = self.recorder.functions[b'b']
+        self.assertEqual(5, sa.counts[metrics.COMPLETED])
+        self.assertEqual((1, 2, 1), (sb.counts[metrics.COMPLETED],
+                                     sb.counts[metrics.FAILED],
+                                     sb.counts[metrics.EXCEPTION]))
+        run = metrics.TIME_BOUNDS.index(0.025)
+        wait = metrics.TIME_BOUNDS.index(0.005)
+        for st, n in ((sa, 5), (sb, 3)):
+            self.assertEqual(n, st.run[run])
+            self.assertEqual(n, sum(st.run))
+            self.assertEqual(n, st.wait[wait])
+            self.assertEqual(n, sum(st.wait))
+            self.assertAlmostEqual(n * 0.02, st.run_sum)
+            self.assertAlmostEqual(n * 0.003, st.wait_sum)
+        self.assertEqual({}, self.recorder._running)
+
     def test_fine_buckets_agree_with_bisection(self):
         import bisect
         for tenths in range(0, 10000, 7):
