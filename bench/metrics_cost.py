@@ -8,12 +8,12 @@ of CPU time per job for:
 
 * ``submit``: SUBMIT_JOB_BG of a new job (JOB_CREATED queued);
 * ``drain``: GRAB_JOB_UNIQ of a queued job and its WORK_COMPLETE;
-* ``pipeline``: a foreground SUBMIT_JOB, its GRAB_JOB_UNIQ and its
-  WORK_COMPLETE, with a window of jobs queued ahead, as clients and
-  workers at full speed keep the server.  Jobs are born and freed while
-  others run, so what the metrics keep alive after a job ends (and for
-  how long) shows here: a job's memory is reused hot when it is freed
-  at once.
+* ``pipeline`` (only if asked for with ``--paths``): a foreground
+  SUBMIT_JOB, its GRAB_JOB_UNIQ and its WORK_COMPLETE, with a window of
+  jobs queued ahead, as clients and workers at full speed keep the
+  server.  Jobs are born and freed while others run, so what the
+  metrics keep alive after a job ends (and for how long) shows here: a
+  job's memory is reused hot when it is freed at once.
 
 Between every ``--per-turn`` jobs, the loop's start-of-turn work is
 done as the server's loop does it (the turn's clock read, counting the
@@ -22,7 +22,8 @@ the batch counting is timed where it happens.
 
 Run it from the repository root::
 
-    python3 -m bench.metrics_cost --n 30000 --repeat 7
+    python3 -m bench.metrics_cost --n 30000 --repeat 7 \\
+        --paths submit,drain,pipeline
 
 On a busy machine these differences drown in noise; instruction and
 cache-miss counts do not.  With ``--turn-step`` the turns' times advance
@@ -50,6 +51,7 @@ from gear.server.connection import ServerConnection
 from gear.server.server import Server
 
 PATHS = ('submit', 'drain', 'pipeline')
+DEFAULT_PATHS = ('submit', 'drain')
 
 
 def _turn_function(server, step=None):
@@ -168,9 +170,15 @@ def main(argv=None):
     p.add_argument('--turn-step', type=float, default=None,
                    help='seconds from one turn to the next, instead of '
                         'the clock')
+    p.add_argument('--paths', default=','.join(DEFAULT_PATHS),
+                   help='comma list of %s' % ', '.join(PATHS))
     p.add_argument('--once', default=None, metavar='PATH:on|off',
                    help='run one path once, with metrics on or off')
     opts = p.parse_args(argv)
+    paths = [path.strip() for path in opts.paths.split(',')]
+    for path in paths:
+        if path not in PATHS:
+            p.error('unknown path %r: %s' % (path, ', '.join(PATHS)))
     kw = dict(per_turn=opts.per_turn, window=opts.window,
               step=opts.turn_step)
     if opts.once:
@@ -180,15 +188,15 @@ def main(argv=None):
                     % ', '.join(PATHS))
         measure(state == 'on', opts.n, path, **kw)
         return 0
-    best = {(path, metrics): 1.0 for path in PATHS
+    best = {(path, metrics): 1.0 for path in paths
             for metrics in (False, True)}
     for _ in range(opts.repeat):
-        for path in PATHS:
+        for path in paths:
             for metrics in (False, True):
                 best[path, metrics] = min(
                     best[path, metrics],
                     measure(metrics, opts.n, path, **kw))
-    for path in PATHS:
+    for path in paths:
         off, on = best[path, False] * 1e9, best[path, True] * 1e9
         print(json.dumps({'path': path, 'ns_per_job_without': round(off),
                           'ns_per_job_with': round(on),
