@@ -95,8 +95,13 @@ MARK_RESOLUTION = 0.001
 #: so old jobs' ages get coarser while memory stays bounded.
 MAX_MARKS = 8192
 #: Ended jobs noted before :meth:`Recorder.flush` counts them, at most
-#: (plus one loop turn's worth).
-FLUSH_AT = 4096
+#: (plus one loop turn's worth).  The list keeps each job alive until
+#: then, so a small batch matters: while jobs flow through the server,
+#: thousands of finished jobs held back push the live ones out of the
+#: processor's caches and keep the allocator from reusing the memory it
+#: has just freed, which cost more per job than the counting itself.  A
+#: hundred or so jobs still share the call's setup.
+FLUSH_AT = 128
 #: Ended jobs wait at most about this long (seconds) to be counted, so
 #: the dashboard's rates, read from another thread, stay current.
 FLUSH_INTERVAL = 0.2
@@ -127,6 +132,8 @@ _DONE = jobstates.DONE
 _QUEUED = jobstates.QUEUED
 PRIORITY_NAMES = {HIGH: 'high', NORMAL: 'normal', LOW: 'low'}
 PRECEDENCE_ORDER = (HIGH, NORMAL, LOW)
+# Above every job number.
+_NO_LIMIT = float('inf')
 _FINE_BUCKET = [_bisect(TIME_BOUNDS, (t + 0.5) / _FINE)
                 for t in range(_FINE_LIMIT)]
 
@@ -162,6 +169,7 @@ class Recorder(object):
         #: sets: the turn's transitions share one clock read.
         now = self.now = clock()
         self.started_at = now
+        self._prefix = handle_prefix
         self._plen = len(handle_prefix)
         self.functions = {}       # name (bytes) -> FunctionStats
         self._running = {}        # job -> time it was handed out
@@ -296,16 +304,77 @@ class Recorder(object):
         marks = self._mark_n
         nmarks = len(marks)
         mark_t = self._mark_t
-        i = self._hint
         fine = _FINE_BUCKET
         attach = self._attach
+        # The mark the previous job was created after, and the job
+        # numbers it covers: lo < n <= hi.
+        i = self._hint
+        if i >= nmarks:
+            i = nmarks - 1
+        interval = self._interval
+        lo, hi, width, lo_h, hi_h = interval(i)
+        # Jobs that end in one turn share that turn's time, the very
+        # same float object, and so do the start times of jobs handed
+        # out in one turn and the creation times of jobs created in one
+        # mark's span: most jobs repeat the previous job's function,
+        # result and times, tested by identity, and such a run of jobs
+        # is filed at once.
+        groups = []
+        group = groups.append
+        g_fq = g_kind = g_start = g_now = g_since = None
+        g_n = 0
         for job, kind, now in batch:
+            start = pop_start(job, None)
+            if start is None:
+                since = None
+            elif requeued and job in requeued:
+                since = requeued.pop(job)
+            else:
+                # createdAt(), inlined: jobs mostly end in the order
+                # they were created, so the previous mark is tried first,
+                # on the handle itself (digits of one width compare as
+                # bytes as they do as numbers) before it is parsed.
+                handle = job.handle
+                try:
+                    same = len(handle) == width and lo_h < handle <= hi_h
+                except TypeError:
+                    same = False
+                if not same:
+                    try:
+                        n = int(handle[plen:])
+                    except (ValueError, TypeError):
+                        n = 0
+                    if not lo < n <= hi:
+                        i = _bisect(marks, n) - 1
+                        if i < 0:
+                            i = 0
+                        lo, hi, width, lo_h, hi_h = interval(i)
+                since = mark_t[i]
+                links = job._links
+                if links is not None and links.extra:
+                    since = min(start, self._epoch(
+                        links.extra, since, self._clock()))
             fq = job._fq
+            if start is g_start and now is g_now and since is g_since \
+                    and fq is g_fq and kind == g_kind:
+                g_n += 1
+                continue
+            if g_n:
+                group((g_fq, g_kind, g_start, g_now, g_since, g_n))
+            g_fq = fq
+            g_kind = kind
+            g_start = start
+            g_now = now
+            g_since = since
+            g_n = 1
+        if g_n:
+            group((g_fq, g_kind, g_start, g_now, g_since, g_n))
+        self._hint = i
+        for fq, kind, start, now, since, k in groups:
             st = fq.stats
             if st is None:
                 st = attach(fq)
-            st.counts[kind] += 1
-            start = pop_start(job, None)
+            st.counts[kind] += k
             if start is None:
                 continue
             # Turn times never go back: start <= now, and a job's marks
@@ -313,33 +382,32 @@ class Recorder(object):
             run = now - start
             t = int(run * _FINE)
             st.run[fine[t] if t < _FINE_LIMIT
-                   else _bisect(TIME_BOUNDS, run)] += 1
-            st.run_sum += run
-            if requeued and job in requeued:
-                since = requeued.pop(job)
-            else:
-                # createdAt(), inlined: jobs mostly end in the order
-                # they were created, so the previous mark is tried first.
-                try:
-                    n = int(job.handle[plen:])
-                except (ValueError, TypeError):
-                    n = 0
-                if not (i < nmarks and marks[i] < n and
-                        (i + 1 == nmarks or marks[i + 1] >= n)):
-                    i = _bisect(marks, n) - 1
-                    if i < 0:
-                        i = 0
-                since = mark_t[i]
-                links = job._links
-                if links is not None and links.extra:
-                    since = min(start, self._epoch(
-                        links.extra, since, self._clock()))
+                   else _bisect(TIME_BOUNDS, run)] += k
+            st.run_sum += run * k
             wait = start - since
             t = int(wait * _FINE)
             st.wait[fine[t] if t < _FINE_LIMIT
-                    else _bisect(TIME_BOUNDS, wait)] += 1
-            st.wait_sum += wait
-        self._hint = i
+                    else _bisect(TIME_BOUNDS, wait)] += k
+            st.wait_sum += wait * k
+
+    def _interval(self, i):
+        """The job numbers that mark ``i`` covers, ``lo < n <= hi``,
+        and the same bounds as handles of one width: one of the server's
+        handles of that width is in the interval if
+        ``lo_h < handle <= hi_h``."""
+        marks = self._mark_n
+        lo = marks[i]
+        hi = marks[i + 1] if i + 1 < len(marks) else _NO_LIMIT
+        prefix = self._prefix
+        lo_h = prefix + b'%d' % lo
+        hi_h = None
+        if hi != _NO_LIMIT:
+            hi_h = prefix + b'%d' % hi
+        if hi_h is None or len(hi_h) != len(lo_h):
+            # Every handle of lo_h's width above lo is below hi: a
+            # byte above the digits bounds them.
+            hi_h = prefix + b'\x7f'
+        return lo, hi, len(lo_h), lo_h, hi_h
 
     def requeued(self, job):
         """A job lost its worker and went back to its queue."""

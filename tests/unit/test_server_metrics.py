@@ -144,6 +144,76 @@ class RecorderTestCase(testtools.TestCase):
         self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(0.005)])
         self.assertEqual(1, st.run[metrics.TIME_BOUNDS.index(0.001)])
 
+    def test_waits_match_the_marks_across_handle_widths(self):
+        # The flush finds a job's mark by comparing handles as bytes
+        # while they keep one width: jobs numbered from 91 to past 1000,
+        # created over many marks and finished out of order, wait what
+        # createdAt() says.
+        import bisect
+        import random
+        rng = random.Random(7)
+        self.server.queue.max_handle = 90
+        self.tick()
+        jobs = []
+        while self.server.queue.max_handle < 1100:
+            for _ in range(rng.randint(1, 60)):
+                jobs.append(self.server.submit(self.recorder, b'fn'))
+            self.tick(rng.choice((0.0002, 0.002, 0.03)))
+        self.assertGreater(len(self.recorder._mark_n), 20)
+        waits = []
+        for part in (jobs[::2], jobs[1::2]):
+            for job in part:
+                self.server.start(self.recorder, job)
+                waits.append(self.clock.now - self.recorder.createdAt(job))
+            self.tick(0.5)
+        rng.shuffle(jobs)
+        for job in jobs:
+            self.recorder.finished(job, metrics.COMPLETED)
+        self.recorder.flush()
+        st = self.recorder.functions[b'fn']
+        expected = [0] * len(st.wait)
+        for wait in waits:
+            expected[bisect.bisect_left(metrics.TIME_BOUNDS, wait)] += 1
+        self.assertEqual(expected, st.wait)
+        self.assertAlmostEqual(sum(waits), st.wait_sum)
+        self.assertEqual(len(jobs), st.counts[metrics.COMPLETED])
+        self.assertEqual(len(jobs), sum(st.run))
+
+    def test_alike_jobs_are_filed_together_and_exactly(self):
+        # Jobs of one turn share their times: runs of them are filed at
+        # once, split where the function or the result changes; a job
+        # that never started is only counted.
+        self.tick()
+        a = [self.server.submit(self.recorder, b'a') for _ in range(5)]
+        b = [self.server.submit(self.recorder, b'b') for _ in range(3)]
+        idle = self.server.submit(self.recorder, b'b')
+        self.tick(0.003)
+        for job in a + b:
+            self.server.start(self.recorder, job)
+        self.tick(0.02)
+        for job in a[:2] + b[:1] + a[2:]:
+            self.recorder.finished(job, metrics.COMPLETED)
+        for job in b[1:]:
+            self.recorder.finished(job, metrics.FAILED)
+        self.recorder.finished(idle, metrics.EXCEPTION)
+        self.recorder.flush()
+        sa = self.recorder.functions[b'a']
+        sb = self.recorder.functions[b'b']
+        self.assertEqual(5, sa.counts[metrics.COMPLETED])
+        self.assertEqual((1, 2, 1), (sb.counts[metrics.COMPLETED],
+                                     sb.counts[metrics.FAILED],
+                                     sb.counts[metrics.EXCEPTION]))
+        run = metrics.TIME_BOUNDS.index(0.025)
+        wait = metrics.TIME_BOUNDS.index(0.005)
+        for st, n in ((sa, 5), (sb, 3)):
+            self.assertEqual(n, st.run[run])
+            self.assertEqual(n, sum(st.run))
+            self.assertEqual(n, st.wait[wait])
+            self.assertEqual(n, sum(st.wait))
+            self.assertAlmostEqual(n * 0.02, st.run_sum)
+            self.assertAlmostEqual(n * 0.003, st.wait_sum)
+        self.assertEqual({}, self.recorder._running)
+
     def test_fine_buckets_agree_with_bisection(self):
         import bisect
         for tenths in range(0, 10000, 7):
