@@ -284,6 +284,9 @@ class Core(object):
         index_job = q.jobs.put
         functions = q.functions
         queue_new = self.queueNew
+        enqueue = q.enqueue
+        wake_for = self.wakeFor
+        hooks = self.hooks
         dirty = self.dirty
         handle_format = self.handle_format
         headers = _CREATED_HEADERS
@@ -296,6 +299,8 @@ class Core(object):
         # that could still turn out never to have existed.
         commit_queues = stored and self.store_flush is not None
         metrics = self.metrics
+        stats = self.stats
+        job_class = self.job_class
 
         def submit(conn, payload, parsed=None):
             if parsed is None:
@@ -337,7 +342,7 @@ class Core(object):
                 return
             n = q.max_handle = q.max_handle + 1
             handle = handle_format % n
-            job = new(core.job_class)
+            job = new(job_class)
             job.handle = handle
             job.arguments = arguments
             job.unique = unique
@@ -371,8 +376,17 @@ class Core(object):
                 out += handle
                 if metrics is not None:
                     metrics.packets_out += 1
-            if not commit_queues:
+            if commit_queues:
+                return
+            if when:
                 queue_new(job, fq, precedence, when)
+                return
+            # queueNew() for a job due now, without the call.
+            enqueue(job, fq, precedence)
+            if fq.sleepers or hooks.wake is not None:
+                wake_for(job, fq)
+            if stats is not None:
+                core.updateStats()
 
         return submit
 
