@@ -27,30 +27,29 @@ serves at the start of its next turn, and formats the copy itself.
 Call sites in the server (each behind ``if metrics is not None``):
 
 * loop turn start, when the job counter moved: :meth:`Recorder.mark`
-  (server.py ``_pollTurns``);
+  (loop.py ``_pollTurns``);
 * bytes read: ``bytes_in``, and ``packets_in`` taken from the message
-  scanner's count (``gear.protocol.MessageScanner.messages``) (server.py
+  scanner's count (``gear.protocol.MessageScanner.messages``) (loop.py
   ``_processData``); bytes sent: ``bytes_out`` (``_flushConnection``);
-  packets queued for sending: ``packets_out`` (``_send``, and the fast
-  paths and ``_submit`` where they write replies themselves);
-* a new job queued: :meth:`Recorder.submitted` (handlers ``_submit``,
-  fastpath submit handler);
-* a job handed to a worker: :meth:`Recorder.started` (scheduling
-  ``_assignJob``, fastpath grab handler);
-* a worker's WORK_COMPLETE / WORK_FAIL / WORK_EXCEPTION:
-  :meth:`Recorder.finished` (handlers ``_passthrough``; the fastpath
-  result handler appends to ``Recorder.ended`` itself);
-* ended jobs counted: :meth:`Recorder.flush` (server.py ``_pollTurns``
+  packets queued for sending: ``packets_out`` (core.py ``Core.send``,
+  and the submit, grab and work-result requests where they write
+  replies themselves);
+* a new job queued: :meth:`Recorder.submitted` (core.py, the submit
+  request);
+* a job handed to a worker: :meth:`Recorder.started` (``Core.assign``);
+* a worker's WORK_COMPLETE / WORK_FAIL / WORK_EXCEPTION: the work-result
+  request appends to ``Recorder.ended`` itself (what
+  :meth:`Recorder.finished` does);
+* ended jobs counted: :meth:`Recorder.flush` (loop.py ``_pollTurns``
   when the list is long or ``flush_due`` passed; :meth:`Recorder.sweep`,
   which every capture runs first);
 * a job given back to its queue, or failed after its retries:
-  :meth:`Recorder.requeued` / :meth:`Recorder.gaveUp` (scheduling
-  ``_requeueJob``); a CAN_DO_TIMEOUT: :meth:`Recorder.timedOut`
-  (scheduling ``_jobTimedOut``);
-* a store commit: :meth:`Recorder.committed` (server.py
-  ``_commitStore``);
+  :meth:`Recorder.requeued` / :meth:`Recorder.gaveUp`
+  (``Core.requeueJob``); a CAN_DO_TIMEOUT: :meth:`Recorder.timedOut`
+  (``Core._jobTimedOut``);
+* a store commit: :meth:`Recorder.committed` (``Core.commitStore``);
 * a snapshot asked for by the HTTP thread: :meth:`Recorder.serveCapture`
-  (server.py ``_pollTurns``, at the start of a turn).
+  (loop.py ``_pollTurns``, at the start of a turn).
 """
 
 import bisect
