@@ -461,26 +461,21 @@ EXC = [('c', OPTION_REQ, b'exceptions')]
 TIMEOUT_WORKER = [('w', CAN_DO_TIMEOUT, b'f\x001500')]
 RUN_TIMED = Q_FG + TIMEOUT_WORKER + GRAB
 
-ROWS = [
-    # Submission: each precedence, foreground and background.
-    Row('submit_normal', [], sub(SUBMIT_JOB), {1: QUEUED},
-        {'c': [created(1)]}, (1, 0, 0), 0, {b'f': (1, 0, 0)},
-        {'background': False, 'precedence': NORMAL}),
-    Row('submit_high', [], sub(SUBMIT_JOB_HIGH), {1: QUEUED},
-        {'c': [created(1)]}, (0, 0, 1), 0, {b'f': (1, 0, 0)},
-        {'background': False, 'precedence': HIGH}),
-    Row('submit_low', [], sub(SUBMIT_JOB_LOW), {1: QUEUED},
-        {'c': [created(1)]}, (0, 1, 0), 0, {b'f': (1, 0, 0)},
-        {'background': False, 'precedence': LOW}),
-    Row('submit_normal_bg', [], sub(SUBMIT_JOB_BG), {1: QUEUED},
-        {'c': [created(1)]}, (1, 0, 0), 0, {b'f': (1, 0, 0)},
-        {'background': True, 'precedence': NORMAL}),
-    Row('submit_high_bg', [], sub(SUBMIT_JOB_HIGH_BG), {1: QUEUED},
-        {'c': [created(1)]}, (0, 0, 1), 0, {b'f': (1, 0, 0)},
-        {'background': True, 'precedence': HIGH}),
-    Row('submit_low_bg', [], sub(SUBMIT_JOB_LOW_BG), {1: QUEUED},
-        {'c': [created(1)]}, (0, 1, 0), 0, {b'f': (1, 0, 0)},
-        {'background': True, 'precedence': LOW}),
+
+def submission_row(ptype):
+    """One submission of each precedence, foreground and background."""
+    precedence, background = constants.SUBMIT_TYPES[ptype]
+    queued = [0, 0, 0]
+    queued[precedence] = 1
+    name = {NORMAL: 'normal', HIGH: 'high', LOW: 'low'}[precedence]
+    return Row('submit_%s%s' % (name, '_bg' if background else ''),
+               [], sub(ptype), {1: QUEUED}, {'c': [created(1)]},
+               tuple(queued), 0, {b'f': (1, 0, 0)},
+               {'background': background, 'precedence': precedence})
+
+
+ROWS = [submission_row(ptype) for ptype in sorted(constants.SUBMIT_TYPES)]
+ROWS += [
     Row('submit_awake_worker_gets_nothing', WORKER, sub(SUBMIT_JOB),
         {1: QUEUED}, {'c': [created(1)]}, (1, 0, 0), 0, {b'f': (1, 0, 1)}),
     Row('submit_wakes_sleeper', SLEEPING, sub(SUBMIT_JOB), {1: QUEUED},
