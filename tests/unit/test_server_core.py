@@ -1289,6 +1289,15 @@ class TestStoreCommit(CoreTestCase):
         """Make the store's commits fail from now on."""
         self.store.fail_commit = True
 
+    def runStoredJob(self, h):
+        """Submit background job 1, end the turn (its commit queues it)
+        and have worker 'w' take it."""
+        h.send(*sub(SUBMIT_JOB_BG))
+        h.received()
+        h.send('w', CAN_DO, b'f')
+        h.send('w', GRAB_JOB)
+        h.received()
+
     def test_created_waits_for_the_commit(self):
         h, store = self.h, self.store
         c = h.conn('c')
@@ -1528,11 +1537,7 @@ class TestStoreCommit(CoreTestCase):
 
     def test_completion_removes_the_row_this_turn(self):
         h, store = self.h, self.store
-        h.send(*sub(SUBMIT_JOB_BG))
-        h.received()  # the commit queues the job
-        h.send('w', CAN_DO, b'f')
-        h.send('w', GRAB_JOB)
-        h.received()
+        self.runStoredJob(h)
         self.assertIn(H(1), store.rows)
         h.send('w', WORK_COMPLETE, H(1), b'r')
         # No reply waits, yet the removal is committed this turn.
@@ -1544,11 +1549,7 @@ class TestStoreCommit(CoreTestCase):
 
     def test_failed_removal_is_written_by_the_probe(self):
         h, store = self.h, self.store
-        h.send(*sub(SUBMIT_JOB_BG))
-        h.received()  # the commit queues the job
-        h.send('w', CAN_DO, b'f')
-        h.send('w', GRAB_JOB)
-        h.received()
+        self.runStoredJob(h)
         h.send('w', WORK_FAIL, H(1))
         self.fail()
         h.received()
@@ -1575,11 +1576,7 @@ class TestStoreCommit(CoreTestCase):
 
     def test_cancel_running_removes_the_row_once(self):
         h, store = self.h, self.store
-        h.send(*sub(SUBMIT_JOB_BG))
-        h.received()  # the commit queues the job
-        h.send('w', CAN_DO, b'f')
-        h.send('w', GRAB_JOB)
-        h.received()
+        self.runStoredJob(h)
         self.assertTrue(h.core.semantics.cancel(h.core, h.job(1)))
         h.received()
         self.assertEqual({}, store.rows)
@@ -1590,11 +1587,7 @@ class TestStoreCommit(CoreTestCase):
 
     def test_retry_limit_drop_removes_the_row(self):
         h = Harness(store=self.store, job_retries=0, clock=self.clock)
-        h.send(*sub(SUBMIT_JOB_BG))
-        h.received()  # the commit queues the job
-        h.send('w', CAN_DO, b'f')
-        h.send('w', GRAB_JOB)
-        h.received()
+        self.runStoredJob(h)
         self.assertIn(H(1), self.store.rows)
         h.drop('w')
         h.received()
@@ -1603,11 +1596,7 @@ class TestStoreCommit(CoreTestCase):
 
     def test_requeue_keeps_the_row(self):
         h, store = self.h, self.store
-        h.send(*sub(SUBMIT_JOB_BG))
-        h.received()  # the commit queues the job
-        h.send('w', CAN_DO, b'f')
-        h.send('w', GRAB_JOB)
-        h.received()
+        self.runStoredJob(h)
         h.drop('w')
         self.assertEqual([], h.core.store_acked)
         self.assertEqual([H(1)], list(store.rows))
