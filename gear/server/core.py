@@ -192,22 +192,6 @@ class Core(object):
             self.dirty.append(conn)
             out += data
 
-    def sendPacket(self, conn, ptype, data):
-        """:meth:`send` of a response packet, without joining its header
-        and payload first."""
-        if self.metrics is not None:
-            self.metrics.packets_out += 1
-        out = conn.send_queue
-        if out:
-            out += _pack_header(RES, ptype, len(data))
-            out += data
-            if len(out) > self.max_output_buffer:
-                self.outputOverflow(conn)
-        elif not conn.closed:
-            self.dirty.append(conn)
-            out += _pack_header(RES, ptype, len(data))
-            out += data
-
     def outputOverflow(self, conn):
         if not conn.closed:
             self.log.warning("%s is not reading its replies; "
@@ -229,7 +213,7 @@ class Core(object):
         else:
             data = b'\x00'.join((job.handle, job.name, job.unique or b'',
                                  job.reducer, job.arguments))
-        self.sendPacket(conn, ptype, data)
+        self.send(conn, pack(RES, ptype, data))
 
     # -- the request table ----------------------------------------------------
 

@@ -379,9 +379,6 @@ class Server(EventLoop, admin_mod.AdminHandlers):
         """Send ERROR ``code\\0text`` (symbolic code, no trailing NUL)."""
         self.core.sendError(connection, code, text)
 
-    def _send(self, connection, data):
-        self.core.send(connection, data)
-
     # -- scheduling hooks -----------------------------------------------------
 
     def getJobForConnection(self, connection, peek=False):
