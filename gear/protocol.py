@@ -327,6 +327,15 @@ class MessageScanner(object):
     * ``on_line(context, line)`` for an admin text line (without its
       ``\\n`` or ``\\r\\n``).
 
+    A request type listed in ``runs`` (type -> ``f(context, payloads)``)
+    is dispatched a run at a time instead: the complete requests of that
+    type that follow each other in the chunk reach ``f`` as one list, in
+    order (its ``handlers`` entry is not called).  A worker announcing
+    its functions sends thousands of CAN_DO in a row, and one call for
+    all of them saves the dispatch of each; ``f`` must stop early if
+    ``context`` is closed on the way.  Both tables are read when the
+    scanner is made.
+
     The packet type is not limited here: the framing is magic, type and
     length, and what a type means is the handlers' business.  A bad
     magic or an unterminated admin line longer than
@@ -337,12 +346,17 @@ class MessageScanner(object):
     messages dispatched so far (for the server's metrics).
     """
 
-    __slots__ = ('handlers', 'on_other', 'on_line', 'max_packet_size',
-                 'messages')
+    __slots__ = ('handlers', 'runs', 'on_other', 'on_line',
+                 'max_packet_size', 'messages', '_table')
 
     def __init__(self, handlers, on_other, on_line,
-                 max_packet_size=DEFAULT_MAX_PACKET_SIZE):
+                 max_packet_size=DEFAULT_MAX_PACKET_SIZE, runs=None):
         self.handlers = handlers
+        self.runs = dict(runs or ())
+        # What scan() indexes: the handlers, None where runs are taken
+        # (so a plain request pays no extra test).
+        self._table = [None if ptype in self.runs else handler
+                       for ptype, handler in enumerate(handlers)]
         self.on_other = on_other
         self.on_line = on_line
         self.max_packet_size = max_packet_size
@@ -364,8 +378,8 @@ class MessageScanner(object):
             data = bytes(tail)
         pos = 0
         end = len(data)
-        handlers = self.handlers
-        known = len(handlers)
+        table = self._table
+        known = len(table)
         maxsize = self.max_packet_size
         unpack = _unpack_ints
         req_magic = _REQ_MAGIC
@@ -384,8 +398,12 @@ class MessageScanner(object):
                         stop <= end and ptype < known:
                     # A request of the table: the common case first.
                     count += 1
-                    handlers[ptype](context, data[body:stop])
-                    pos = stop
+                    handler = table[ptype]
+                    if handler is not None:
+                        handler(context, data[body:stop])
+                        pos = stop
+                        continue
+                    pos = self._run(context, data, pos, ptype)
                     continue
                 if magic != req_magic and magic != _RES_MAGIC:
                     raise ProtocolError("Invalid magic code %r" % (
@@ -416,6 +434,30 @@ class MessageScanner(object):
             self._incomplete(rest, 0)  # validates a header already seen
             return rest
         return None
+
+    def _run(self, context, data, pos, ptype):
+        """Hand the run handler of ``ptype`` the payloads of the requests
+        of that type that follow each other from ``pos`` on (the first
+        one is known to be complete); return where the run ends.  Counts
+        every message but the first in :attr:`messages`."""
+        end = len(data)
+        unpack = _unpack_ints
+        maxsize = self.max_packet_size
+        req_magic = _REQ_MAGIC
+        payloads = []
+        add = payloads.append
+        while pos + 12 <= end:
+            magic, kind, size = unpack(data, pos)
+            body = pos + 12
+            stop = body + size
+            if kind != ptype or magic != req_magic or size > maxsize or \
+                    stop > end:
+                break
+            add(data[body:stop])
+            pos = stop
+        self.messages += len(payloads) - 1
+        self.runs[ptype](context, payloads)
+        return pos
 
     def _incomplete(self, buf, searched):
         """True while the message at the start of ``buf`` is cut short;

@@ -813,28 +813,41 @@ class Core(object):
     # -- workers: registration ------------------------------------------------
 
     def canDo(self, conn, name):
-        """CAN_DO.  A worker of a CI farm sends tens of thousands in a
-        row, so the common case (no ACL, a known function, a worker
-        that is not asleep) is done here in one call instead of four;
-        anything else takes :meth:`register`."""
-        if self.acl is None:
-            fq = self.queue.functions.get(name)
-            if fq is not None:
-                name = fq.name
-                functions = conn.functions
-                if name not in functions:
-                    if conn.state == 'SLEEP':
-                        functions.add(name)
-                        self._attach(conn, fq)
-                        return
-                    functions.add(name)
-                    conn._fqs[fq] = None
-                    fq.workers += 1
-                timeouts = conn._timeouts
-                if timeouts:
-                    timeouts.pop(name, None)
-                return
-        self.register(conn, name, None)
+        """CAN_DO (one; see :meth:`canDoMany`)."""
+        self.canDoMany(conn, (name,))
+
+    def canDoMany(self, conn, names):
+        """CAN_DO of each of ``names``, in order: O(1) per name.
+
+        A worker of a CI farm announces tens of thousands of functions
+        in a row and the scanner hands such a run over at once, so the
+        common case (no ACL, a worker neither asleep nor holding
+        timeouts) is one loop here; anything else takes :meth:`register`
+        name by name.
+        """
+        if self.acl is not None or conn.state == 'SLEEP' or conn._timeouts:
+            register = self.register
+            for name in names:
+                if conn.closed:
+                    return
+                register(conn, name, None)
+            return
+        q = self.queue
+        known = q.functions.get
+        functions = conn.functions
+        add = functions.add
+        fqs = conn._fqs
+        for name in names:
+            fq = known(name)
+            if fq is None:
+                fq = q.function(name)
+            # Every worker's set holds the queue's own name object.
+            name = fq.name
+            if name not in functions:
+                add(name)
+                # _attach() for a worker that is awake, inlined.
+                fqs[fq] = None
+                fq.workers += 1
 
     def canDoTimeout(self, conn, payload):
         name, sep, value = payload.partition(b'\x00')

@@ -277,9 +277,13 @@ class Server(EventLoop, admin_mod.AdminHandlers):
                 requests.append(core[ptype] or self.core.invalidCommand)
         # Type 0 is no packet type: the same path as an unknown one.
         requests[0] = self._typeZero
+        # Runs of CAN_DO reach the core at once, unless hooked.
+        runs = {}
+        if requests[constants.CAN_DO] is core[constants.CAN_DO]:
+            runs[constants.CAN_DO] = self.core.canDoMany
         self._scanner = MessageScanner(requests, self._otherPacket,
                                        self._adminLine,
-                                       self.max_packet_size)
+                                       self.max_packet_size, runs)
         return table
 
     def _adminLine(self, conn, line):

@@ -80,16 +80,18 @@ class TestFairness(testtools.TestCase):
         self.read_until(sock, buf or InputBuffer(), c.ECHO_RES)
 
     def count_can_dos(self):
-        """Count the CAN_DOs the server handles from now on."""
-        handlers = self.server._scanner.handlers
-        original = handlers[c.CAN_DO]
+        """Count the CAN_DOs the server handles from now on (the scanner
+        hands runs of them over at once)."""
+        runs = self.server._scanner.runs
+        original = runs[c.CAN_DO]
+        self.assertIsNotNone(original)
         counted = [0]
 
-        def counting(conn, payload):
-            counted[0] += 1
-            original(conn, payload)
-        handlers[c.CAN_DO] = counting
-        self.addCleanup(handlers.__setitem__, c.CAN_DO, original)
+        def counting(conn, payloads):
+            counted[0] += len(payloads)
+            original(conn, payloads)
+        runs[c.CAN_DO] = counting
+        self.addCleanup(runs.__setitem__, c.CAN_DO, original)
         return counted
 
     def test_job_is_answered_before_the_floods_are_handled(self):

@@ -14,6 +14,8 @@ from gear.protocol import pack
 from tests.functional.test_server_base import ServerTestCase
 
 MASS_DO = 101
+# Registrations the scenario sends in one write.
+RUN = 200
 
 
 class CountingServer(gear.Server):
@@ -124,7 +126,18 @@ def scenario(test, server):
         for n in names:
             peers[n].collect()
 
+    def raw(name, data):
+        peers[name].peer.sendRaw(data)
+        for n in names:
+            peers[n].collect()
+
     step('w1', c.CAN_DO, b'fn')
+    # A run of registrations in one write (the plain server takes it
+    # at once), a CANT_DO in the middle.
+    raw('w2', b''.join(pack(c.REQ, c.CAN_DO, b'r%d' % i)
+                       for i in range(RUN)) +
+        pack(c.REQ, c.CANT_DO, b'r7') + pack(c.REQ, c.CAN_DO, b'r8') +
+        pack(c.REQ, c.CAN_DO, b'r7'))
     step('w1', c.PRE_SLEEP)
     step('client', c.SUBMIT_JOB, b'fn', b'u1', b'one')       # wakes w1
     step('other', c.SUBMIT_JOB, b'fn', b'u1', b'one')        # coalesced
@@ -195,6 +208,10 @@ class TestHooksDifferential(ServerTestCase):
                       plain['other'])
         self.assertIn((c.RES, c.WORK_EXCEPTION, b'H:test:3\x00boom'),
                       plain['client'])
+        # The registrations sent in one write reached the hook one by
+        # one: the scenario's CAN_DOs but those of the run, and the run's.
+        self.assertEqual(3 + RUN + 2, hooked_server.calls['handleCanDo'])
+        self.assertIn(b'r199\t0\t0\t0\n', plain['status'])
         # handlePacket saw every request packet, ECHO barriers included.
         self.assertIn(c.ECHO_REQ, hooked_server.packet_types)
         self.assertIn(c.RESET_ABILITIES, hooked_server.packet_types)

@@ -47,6 +47,16 @@ lines = st.builds(
 
 messages = st.lists(st.one_of(packets, packets, lines), max_size=40)
 
+# Streams with runs of one type (a worker's CAN_DOs) among other traffic.
+registrations = st.builds(
+    lambda ptype, payload: ('bin', (C.REQ, ptype, payload),
+                            pack(C.REQ, ptype, payload)),
+    st.sampled_from([C.CAN_DO, C.CAN_DO, C.CAN_DO, C.CANT_DO]),
+    st.binary(max_size=40))
+runny = st.lists(st.one_of(registrations, registrations, registrations,
+                           packets, lines), max_size=60)
+RUN_TYPES = (C.CAN_DO, C.CANT_DO)
+
 
 def drain(buf, out):
     """Read every complete message; None-safe; raises ProtocolError."""
@@ -67,12 +77,14 @@ def drain(buf, out):
 
 
 class Peer(object):
-    """What MessageScanner dispatches to: records every message."""
+    """What MessageScanner dispatches to: records every message, and the
+    length of each run handed over at once."""
 
     closed = False
 
     def __init__(self):
         self.out = []
+        self.runs = []
 
 
 def _record_packet(ptype):
@@ -81,8 +93,17 @@ def _record_packet(ptype):
     return handler
 
 
-def scanner(max_size=1 << 20, known=C.MAX_TYPE + 1):
-    """The server's shape: a table of request types, the rest aside."""
+def _record_run(ptype):
+    def run(peer, payloads):
+        peer.runs.append(len(payloads))
+        for payload in payloads:
+            peer.out.append(('bin', (C.REQ, ptype, payload)))
+    return run
+
+
+def scanner(max_size=1 << 20, known=C.MAX_TYPE + 1, runs=()):
+    """The server's shape: a table of request types, the rest aside;
+    the types in ``runs`` are dispatched a run at a time."""
     def other(peer, request, ptype, payload):
         peer.out.append(('bin', (C.REQ if request else C.RES, ptype,
                                  payload)))
@@ -90,7 +111,8 @@ def scanner(max_size=1 << 20, known=C.MAX_TYPE + 1):
     def line(peer, text):
         peer.out.append(('text', text))
     return MessageScanner([_record_packet(t) for t in range(known)],
-                          other, line, max_size)
+                          other, line, max_size,
+                          {t: _record_run(t) for t in runs if t < known})
 
 
 def scan_in_chunks(scan, stream, cuts, peer):
@@ -212,16 +234,52 @@ class TestMessageScannerProperties(testtools.TestCase):
         self.assertIsNone(tail)
 
     @settings(max_examples=EXAMPLES)
+    @given(runny, st.lists(st.integers(0, 10 ** 6), max_size=20),
+           st.integers(1, C.MAX_TYPE + 1))
+    def test_runs_in_any_chunks(self, msgs, cuts, known):
+        # Runs change how messages are handed over, never which or in
+        # what order, and each one is counted.
+        stream = b''.join(m[2] for m in msgs)
+        peer = Peer()
+        scan = scanner(known=known, runs=RUN_TYPES)
+        tail = scan_in_chunks(scan, stream, cuts, peer)
+        self.assertEqual([normal(m) for m in msgs], peer.out)
+        self.assertIsNone(tail)
+        self.assertEqual(len(msgs), scan.messages)
+        self.assertNotIn(0, peer.runs)
+
+    def test_a_run_is_every_complete_request_in_a_row(self):
+        names = [b'f%d' % i for i in range(500)]
+        stream = b''.join(pack(C.REQ, C.CAN_DO, n) for n in names)
+        other = pack(C.REQ, C.ECHO_REQ, b'x')
+        peer = Peer()
+        scan = scanner(runs=RUN_TYPES)
+        # Cut inside the 301st: the first call has a run of 300; the
+        # next one joins the cut message to the rest, a run of 200.
+        cut = len(b''.join(pack(C.REQ, C.CAN_DO, n) for n in names[:300]))
+        cut += 5
+        tail = scan.scan(peer, stream[:cut])
+        self.assertEqual([300], peer.runs)
+        tail = scan.scan(peer, stream[cut:] + other + stream[:10], tail)
+        self.assertEqual([300, 200], peer.runs)
+        self.assertEqual(bytes(stream[:10]), bytes(tail))
+        self.assertEqual([('bin', (C.REQ, C.CAN_DO, n)) for n in names] +
+                         [('bin', (C.REQ, C.ECHO_REQ, b'x'))], peer.out)
+        self.assertEqual(501, scan.messages)
+
+    @settings(max_examples=EXAMPLES)
     @given(messages, st.integers(0, 10 ** 6),
            st.sampled_from(['flip', 'insert', 'delete', 'cut']),
            st.binary(min_size=1, max_size=16),
            st.lists(st.integers(0, 10 ** 6), max_size=20),
-           st.sampled_from([64, 1024, 1 << 20]))
-    def test_damaged_stream(self, msgs, where, how, junk, cuts, max_size):
+           st.sampled_from([64, 1024, 1 << 20]),
+           st.sampled_from([(), RUN_TYPES]))
+    def test_damaged_stream(self, msgs, where, how, junk, cuts, max_size,
+                            runs):
         damaged, intact, limit = damage(msgs, where, how, junk, max_size)
         peer = Peer()
         try:
-            scan_in_chunks(scanner(limit), damaged, cuts, peer)
+            scan_in_chunks(scanner(limit, runs=runs), damaged, cuts, peer)
         except ProtocolError:
             pass
         self.assertEqual(intact, peer.out[:len(intact)])

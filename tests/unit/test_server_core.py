@@ -17,6 +17,7 @@ from unittest import mock
 import testtools
 
 from gear import constants
+from gear.acl import ACL, ACLEntry
 from gear.constants import (
     CAN_DO, CAN_DO_TIMEOUT, CANT_DO, ECHO_REQ, ECHO_RES, ERROR,
     GET_STATUS, GET_STATUS_UNIQUE, GRAB_JOB, GRAB_JOB_ALL, GRAB_JOB_UNIQ,
@@ -1698,6 +1699,81 @@ class TripwireSet(set):
         raise AssertionError('walked a %d-entry set' % len(self))
 
     __iter__ = copy = _walk
+
+
+class TestRegistrationRuns(CoreTestCase):
+    """A run of CAN_DO (what the scanner hands over at once) ends in the
+    same state, with the same replies, as the same CAN_DOs one by one."""
+
+    NAMES = [b'a', b'b', b'queued', b'a', b'new', b'limited', b'b']
+
+    def prepare(self, h, asleep=False, timeout=False):
+        w = h.conn('w')
+        w.ssl_subject = 'worker'
+        h.conn('c').ssl_subject = 'client'
+        h.send('w', CAN_DO, b'b')
+        if timeout:
+            h.send('w', CAN_DO_TIMEOUT, b'a\x001500')
+        h.send(*sub(SUBMIT_JOB_BG, fn=b'queued'))
+        if asleep:
+            h.send('w', PRE_SLEEP)
+        h.recv('c')
+        return w
+
+    def outcome(self, h, w):
+        return (sorted(w.functions), w.state, h.recv('w'),
+                {name: (fq.workers, list(fq.sleepers))
+                 for name, fq in sorted(h.queue.functions.items())},
+                w._timeouts)
+
+    def compare(self, **kw):
+        outcomes = []
+        settings = kw.pop('harness', {})
+        for as_run in (False, True):
+            h = self.harness(**settings)
+            w = self.prepare(h, **kw)
+            if as_run:
+                h.core.canDoMany(w, self.NAMES)
+            else:
+                for name in self.NAMES:
+                    h.send('w', CAN_DO, name)
+            outcomes.append(self.outcome(h, w))
+        self.assertEqual(outcomes[0], outcomes[1])
+        return outcomes[1]
+
+    def test_awake(self):
+        functions, state, replies, fqs, _ = self.compare()
+        self.assertEqual([b'a', b'b', b'limited', b'new', b'queued'],
+                         functions)
+        self.assertEqual([], replies)
+        self.assertEqual((1, []), fqs[b'new'])
+
+    def test_asleep_is_woken_by_a_function_with_work(self):
+        functions, state, replies, fqs, _ = self.compare(asleep=True)
+        self.assertEqual([NOOP_R], replies)
+        self.assertEqual('AWAKE', state)
+
+    def test_a_timeout_is_cleared_by_a_plain_can_do(self):
+        timeouts = self.compare(timeout=True)[4]
+        self.assertEqual({}, timeouts)
+
+    def test_acl_refuses_some_names_of_a_run(self):
+        acl = ACL()
+        acl.add(ACLEntry('worker', register='^(a|b|queued)$'))
+        acl.add(ACLEntry('client', invoke='.*'))
+        functions = self.compare(harness={'acl': acl})[0]
+        self.assertEqual([b'a', b'b', b'queued'], functions)
+
+    def test_one_name_object_per_function(self):
+        # Every worker's set holds the queue's own bytes, not a copy
+        # sliced out of its packet.
+        h = self.harness()
+        h.core.canDoMany(h.conn('w1'), [b'f' + 'n'.encode()])
+        h.core.canDoMany(h.conn('w2'), [bytes(bytearray(b'fn'))])
+        name = h.fq(b'fn').name
+        for conn in (h.conn('w1'), h.conn('w2')):
+            self.assertIs(name, next(iter(conn.functions)))
+        self.assertEqual(2, h.fq(b'fn').workers)
 
 
 class TestRegistrationCost(CoreTestCase):
