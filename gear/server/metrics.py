@@ -54,6 +54,7 @@ Call sites in the server (each behind ``if metrics is not None``):
 
 import bisect
 import collections
+import functools
 import itertools
 import threading
 import time
@@ -127,14 +128,14 @@ _FINE_LIMIT = 10000
 _bisect = bisect.bisect_left
 _STATE = jobstates.STATE
 _RUNNING = jobstates.RUNNING
-_DONE = jobstates.DONE
 _QUEUED = jobstates.QUEUED
 PRIORITY_NAMES = {HIGH: 'high', NORMAL: 'normal', LOW: 'low'}
 PRECEDENCE_ORDER = (HIGH, NORMAL, LOW)
-# Above every job number.
-_NO_LIMIT = float('inf')
 _FINE_BUCKET = [_bisect(TIME_BOUNDS, (t + 0.5) / _FINE)
                 for t in range(_FINE_LIMIT)]
+_chain = itertools.chain.from_iterable
+_repeat = itertools.repeat
+_groupby = itertools.groupby
 
 
 class FunctionStats(object):
@@ -171,7 +172,6 @@ class Recorder(object):
         self._prefix = handle_prefix
         self._plen = len(handle_prefix)
         self.functions = {}       # name (bytes) -> FunctionStats
-        self._running = {}        # job -> time it was handed out
         self._requeued = {}       # job -> time it was queued again
         self._mark_n = [max_handle]
         self._mark_t = [now]
@@ -180,9 +180,17 @@ class Recorder(object):
         #: mark() when the counter has moved on.
         self.marked = max_handle
         self._next_sweep = now + SWEEP_INTERVAL
-        #: (job, kind, turn time) of jobs workers finished, not yet
-        #: counted: see :meth:`flush`.  Never rebound.
+        #: Jobs workers finished, not yet counted: see :meth:`flush`.
+        #: Never rebound (the work-result requests hold its append).
         self.ended = []
+        #: (job, kind) of the jobs in :attr:`ended` that did not
+        #: complete (FAILED, EXCEPTION).  Never rebound.
+        self.unsuccessful = []
+        #: How many of :attr:`ended` :meth:`noteEnds` has given a time.
+        self.ends_noted = 0
+        # Per loop turn in which jobs ended: how many, and the turn time.
+        self._end_k = []
+        self._end_t = []
         self.flush_due = now + FLUSH_INTERVAL
         self.packets_in = 0
         self.bytes_in = 0
@@ -211,6 +219,15 @@ class Recorder(object):
             st = self.functions[name] = FunctionStats()
         return st
 
+    def watch(self, queue):
+        """Give every function queue of ``queue`` its stats, now and when
+        it is made, so that the server's requests find them without a
+        test (``FunctionQueue.stats``)."""
+        queue.new_stats = self.stats
+        for fq in list(queue.functions.values()):
+            if fq.stats is None:
+                self._attach(fq)
+
     def _attach(self, fq):
         # A function queue gets its stats on first use; a function that
         # was dropped and comes back finds its old counters.
@@ -237,6 +254,17 @@ class Recorder(object):
         if now >= self._next_sweep:
             self.sweep(now)
 
+    def noteEnds(self):
+        """The jobs that joined :attr:`ended` since the last call ended
+        at :attr:`now`.  The loop calls this at the start of a turn,
+        before it moves :attr:`now` on, when ``len(ended)`` differs from
+        :attr:`ends_noted`: a turn's worth of ended jobs shares one
+        time, kept once."""
+        n = len(self.ended)
+        self._end_k.append(n - self.ends_noted)
+        self._end_t.append(self.now)
+        self.ends_noted = n
+
     def _thin(self):
         half = len(self._mark_n) // 2
         # Keep the first mark (the start) and every other one after it.
@@ -244,16 +272,14 @@ class Recorder(object):
         self._mark_t[1:half] = self._mark_t[2:half:2]
 
     def sweep(self, now=None):
-        """Forget jobs that ended by a path that does not report here
-        (cancelled, abandoned, dropped)."""
+        """Forget requeued jobs that ended by a path that does not report
+        here (cancelled, abandoned, dropped)."""
         self._next_sweep = (now or self._clock()) + SWEEP_INTERVAL
-        # Ended jobs keep their start time until they are counted.
         self.flush()
-        for table, alive in ((self._running, _RUNNING),
-                             (self._requeued, _QUEUED)):
-            gone = [job for job in table if job._state & _STATE != alive]
-            for job in gone:
-                del table[job]
+        table = self._requeued
+        gone = [job for job in table if job._state & _STATE != _QUEUED]
+        for job in gone:
+            del table[job]
 
     def committed(self, seconds, ok=True):
         """One store commit took ``seconds``."""
@@ -272,15 +298,18 @@ class Recorder(object):
         st.counts[precedence] += 1
 
     def started(self, job):
-        """A worker was handed ``job``."""
-        self._running[job] = self.now
+        """A worker was handed ``job``: its start time goes on the job's
+        links (``JobLinks.started``)."""
+        job._linked().started = self.now
 
     def finished(self, job, kind):
         """A worker finished ``job``; ``kind`` is COMPLETED, FAILED or
         EXCEPTION (see :data:`RESULT_KINDS`).  Only noted here: the fast
-        path appends to :attr:`ended` itself, and :meth:`flush` counts
-        and times the batch."""
-        self.ended.append((job, kind, self.now))
+        path appends to :attr:`ended` (and :attr:`unsuccessful`)
+        itself, and :meth:`flush` counts and times the batch."""
+        self.ended.append(job)
+        if kind != COMPLETED:
+            self.unsuccessful.append((job, kind))
 
     def flush(self):
         """Count the jobs in :attr:`ended` and time their wait and run.
@@ -289,91 +318,49 @@ class Recorder(object):
         :data:`FLUSH_AT`, at least every :data:`FLUSH_INTERVAL` while
         jobs end, and before a capture or a sweep, so counters are exact
         in every snapshot and memory stays bounded.
+
+        A job's run is its end turn's time less its start, its wait its
+        start less the time it entered its queue.  Jobs that share all
+        four (and their function) are filed at once: while jobs flow,
+        a loop turn starts and ends many, and most were created in one
+        mark's span.  The per-job work is done by C-level bulk
+        operations (``map``, ``Counter``, ``bisect``); a batch that
+        needs more than the marks (a requeued job, a job with an epoch
+        time or rarely set fields, handles of several widths) takes the
+        job by job path.
         """
         ended = self.ended
         self.flush_due = self.now + FLUSH_INTERVAL
         if not ended:
             return
         batch = ended[:]
-        # The fast paths hold this very list: empty it in place.
+        # The fast paths hold these very lists: empty them in place.
         del ended[:]
-        pop_start = self._running.pop
-        requeued = self._requeued
-        plen = self._plen
-        marks = self._mark_n
-        nmarks = len(marks)
-        mark_t = self._mark_t
-        fine = _FINE_BUCKET
+        others = self.unsuccessful
+        if others:
+            others_batch = others[:]
+            del others[:]
+        else:
+            others_batch = ()
+        end_k = self._end_k
+        end_t = self._end_t
+        tail = len(batch) - self.ends_noted
+        if tail:
+            end_k.append(tail)
+            end_t.append(self.now)
+        ends = _chain(map(_repeat, end_t, end_k))
+        keys = self._bulkKeys(batch, ends)
+        if keys is None:
+            keys = map(self._jobKey, batch,
+                       _chain(map(_repeat, end_t, end_k)))
         attach = self._attach
-        # The mark the previous job was created after, and the job
-        # numbers it covers: lo < n <= hi.
-        i = self._hint
-        if i >= nmarks:
-            i = nmarks - 1
-        interval = self._interval
-        lo, hi, width, lo_h, hi_h = interval(i)
-        # Jobs that end in one turn share that turn's time, the very
-        # same float object, and so do the start times of jobs handed
-        # out in one turn and the creation times of jobs created in one
-        # mark's span: most jobs repeat the previous job's function,
-        # result and times, tested by identity, and such a run of jobs
-        # is filed at once.
-        groups = []
-        group = groups.append
-        g_fq = g_kind = g_start = g_now = g_since = None
-        g_n = 0
-        for job, kind, now in batch:
-            start = pop_start(job, None)
-            if start is None:
-                since = None
-            elif requeued and job in requeued:
-                since = requeued.pop(job)
-            else:
-                # createdAt(), inlined: jobs mostly end in the order
-                # they were created, so the previous mark is tried first,
-                # on the handle itself (digits of one width compare as
-                # bytes as they do as numbers) before it is parsed.
-                handle = job.handle
-                try:
-                    same = len(handle) == width and lo_h < handle <= hi_h
-                except TypeError:
-                    same = False
-                if not same:
-                    try:
-                        n = int(handle[plen:])
-                    except (ValueError, TypeError):
-                        n = 0
-                    if not lo < n <= hi:
-                        i = _bisect(marks, n) - 1
-                        if i < 0:
-                            i = 0
-                        lo, hi, width, lo_h, hi_h = interval(i)
-                since = mark_t[i]
-                links = job._links
-                if links is not None and links.extra:
-                    since = min(start, self._epoch(
-                        links.extra, since, self._clock()))
-            fq = job._fq
-            if start is g_start and now is g_now and since is g_since \
-                    and fq is g_fq and kind == g_kind:
-                g_n += 1
-                continue
-            if g_n:
-                group((g_fq, g_kind, g_start, g_now, g_since, g_n))
-            g_fq = fq
-            g_kind = kind
-            g_start = start
-            g_now = now
-            g_since = since
-            g_n = 1
-        if g_n:
-            group((g_fq, g_kind, g_start, g_now, g_since, g_n))
-        self._hint = i
-        for fq, kind, start, now, since, k in groups:
+        fine = _FINE_BUCKET
+        for (fq, start, now, since), run_of in _groupby(keys):
+            k = len(list(run_of))
             st = fq.stats
             if st is None:
                 st = attach(fq)
-            st.counts[kind] += k
+            st.counts[COMPLETED] += k
             if start is None:
                 continue
             # Turn times never go back: start <= now, and a job's marks
@@ -388,30 +375,79 @@ class Recorder(object):
             st.wait[fine[t] if t < _FINE_LIMIT
                     else _bisect(TIME_BOUNDS, wait)] += k
             st.wait_sum += wait * k
+        del end_k[:], end_t[:]
+        self.ends_noted = 0
+        for job, kind in others_batch:
+            # Counted as completed above.
+            counts = self._stats(job).counts
+            counts[COMPLETED] -= 1
+            counts[kind] += 1
 
-    def _interval(self, i):
-        """The job numbers that mark ``i`` covers, ``lo < n <= hi``,
-        and the same bounds as handles of one width: one of the server's
-        handles of that width is in the interval if
-        ``lo_h < handle <= hi_h``."""
-        marks = self._mark_n
-        lo = marks[i]
-        hi = marks[i + 1] if i + 1 < len(marks) else _NO_LIMIT
+    def _bulkKeys(self, batch, ends):
+        """The (function queue, start, end, queued since) of each job in
+        ``batch``, by bulk operations, or None if a job needs the job by
+        job path (:meth:`_jobKey`)."""
+        try:
+            links = [job._links for job in batch]
+            starts = [link.started for link in links]
+            if any([link.extra for link in links]):
+                return None
+        except AttributeError:
+            # A job without links, or without a start, never started.
+            return None
+        requeued = self._requeued
+        if requeued and not requeued.keys().isdisjoint(batch):
+            return None
+        handles = [job.handle for job in batch]
+        lowest = min(handles)
+        highest = max(handles)
         prefix = self._prefix
-        lo_h = prefix + b'%d' % lo
-        hi_h = None
-        if hi != _NO_LIMIT:
-            hi_h = prefix + b'%d' % hi
-        if hi_h is None or len(hi_h) != len(lo_h):
-            # Every handle of lo_h's width above lo is below hi: a
-            # byte above the digits bounds them.
-            hi_h = prefix + b'\x7f'
-        return lo, hi, len(lo_h), lo_h, hi_h
+        # Handles that start with the prefix and have one width order as
+        # their numbers do.
+        if not (lowest.startswith(prefix) and highest.startswith(prefix)
+                and len(set(map(len, handles))) == 1):
+            return None
+        plen = self._plen
+        try:
+            lo = int(lowest[plen:])
+            hi = int(highest[plen:])
+        except ValueError:
+            return None
+        # A job numbered n was created after mark i = bisect(marks, n) - 1
+        # (the first mark, if none is below n).  The marks between the
+        # batch's lowest and highest numbers have their width: the job
+        # finds its mark among their handles.
+        marks = self._mark_n
+        mark_t = self._mark_t
+        a = _bisect(marks, lo)
+        b = _bisect(marks, hi)
+        times = mark_t[a - 1:b] if a else mark_t[:1] + mark_t[:b]
+        if a == b:
+            sinces = _repeat(times[0])
+        else:
+            between = [prefix + b'%d' % n for n in marks[a:b]]
+            sinces = map(times.__getitem__,
+                         map(functools.partial(_bisect, between), handles))
+        return zip([job._fq for job in batch], starts, ends, sinces)
+
+    def _jobKey(self, job, end):
+        """:meth:`_bulkKeys` of one job."""
+        links = job._links
+        start = None if links is None else getattr(links, 'started', None)
+        if start is None:
+            return job._fq, None, end, None
+        requeued = self._requeued
+        if requeued and job in requeued:
+            return job._fq, start, end, requeued.pop(job)
+        since = self.createdAt(job)
+        if links.extra:
+            since = min(start, self._epoch(links.extra, since,
+                                           self._clock()))
+        return job._fq, start, end, since
 
     def requeued(self, job):
         """A job lost its worker and went back to its queue."""
         self._stats(job).counts[REQUEUED] += 1
-        self._running.pop(job, None)
         self._requeued[job] = self.now
 
     def timedOut(self, job):
@@ -421,7 +457,6 @@ class Recorder(object):
     def gaveUp(self, job):
         """A job lost its worker once more than the retry limit allows."""
         self._stats(job).counts[GAVE_UP] += 1
-        self._running.pop(job, None)
         self._requeued.pop(job, None)
 
     def _stats(self, job):
@@ -471,7 +506,11 @@ class Recorder(object):
         return since
 
     def runningSince(self, job):
-        return self._running.get(job)
+        """When the running ``job`` was handed out, or None."""
+        links = job._links
+        if links is None or job._state & _STATE != _RUNNING:
+            return None
+        return getattr(links, 'started', None)
 
     def serveCapture(self, server):
         """On the loop thread: answer the pending capture request."""

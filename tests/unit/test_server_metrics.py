@@ -63,6 +63,8 @@ class RecorderTestCase(testtools.TestCase):
         # What the server's loop does at the start of a turn.
         self.clock.now += seconds
         recorder = self.recorder
+        if len(recorder.ended) != recorder.ends_noted:
+            recorder.noteEnds()
         recorder.now = self.clock()
         if self.server.queue.max_handle != recorder.marked:
             recorder.mark(self.server.queue.max_handle)
@@ -105,7 +107,7 @@ class RecorderTestCase(testtools.TestCase):
         self.assertAlmostEqual(0.06, st.run_sum)
         self.assertEqual(3, sum(st.wait))
         self.assertEqual(3, metrics.done(self.recorder))
-        self.assertEqual({}, self.recorder._running)
+        self.assertEqual([], self.recorder.ended)
 
     def test_ended_jobs_are_counted_by_the_sweep_before_a_capture(self):
         # A finished job is only noted; the sweep that every capture
@@ -124,7 +126,7 @@ class RecorderTestCase(testtools.TestCase):
         self.assertEqual(1, st.counts[metrics.COMPLETED])
         self.assertEqual(1, st.run[metrics.TIME_BOUNDS.index(0.025)])
         self.assertAlmostEqual(0.02, st.run_sum)
-        self.assertEqual({}, self.recorder._running)
+        self.assertEqual([], self.recorder.ended)
 
     def test_a_requeued_job_waits_from_its_requeue(self):
         self.tick()
@@ -212,7 +214,7 @@ class RecorderTestCase(testtools.TestCase):
             self.assertEqual(n, sum(st.wait))
             self.assertAlmostEqual(n * 0.02, st.run_sum)
             self.assertAlmostEqual(n * 0.003, st.wait_sum)
-        self.assertEqual({}, self.recorder._running)
+        self.assertEqual([], self.recorder.ended)
 
     def test_fine_buckets_agree_with_bisection(self):
         import bisect
@@ -247,10 +249,21 @@ class RecorderTestCase(testtools.TestCase):
         self.tick()
         job = self.server.submit(self.recorder, b'fn')
         self.server.start(self.recorder, job)
+        self.recorder.requeued(job)
+        self.server.queue.requeue(job)
         self.server.queue.remove(job)   # e.g. a cancel
-        self.assertIn(job, self.recorder._running)
+        self.assertIn(job, self.recorder._requeued)
         self.tick(metrics.SWEEP_INTERVAL)
-        self.assertNotIn(job, self.recorder._running)
+        self.assertNotIn(job, self.recorder._requeued)
+
+    def test_a_running_job_keeps_its_start_on_its_links(self):
+        self.tick()
+        job = self.server.submit(self.recorder, b'fn')
+        self.assertIsNone(self.recorder.runningSince(job))
+        self.tick(0.5)
+        self.server.start(self.recorder, job)
+        self.assertEqual(100.5, self.recorder.runningSince(job))
+        self.assertEqual(100.5, job._links.started)
 
     def test_snapshot_and_exposition(self):
         self.tick()
