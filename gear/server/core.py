@@ -18,6 +18,7 @@ scheduler, overridden ``sendJobAssign*`` methods send the assignments,
 an overridden ``wakeConnections`` wakes workers (see :class:`Hooks`).
 """
 
+import functools
 import itertools
 import logging
 import struct
@@ -974,11 +975,12 @@ class Core(object):
         finish = self.finishJob
         pack_header = _pack_header
         metrics = self.metrics
-        ended = unsuccessful = None
-        if metrics is not None:
-            ended = metrics.ended.append
-            if kind != metrics_mod.COMPLETED:
-                unsuccessful = metrics.unsuccessful.append
+        # Recorder.finished(), for this result: completed jobs are only
+        # listed, which the list's own append does.
+        noted = None
+        if metrics is not None and finished:
+            noted = metrics.ended.append if kind == metrics_mod.COMPLETED \
+                else functools.partial(metrics.finished, kind=kind)
 
         def work_result(conn, data):
             end = data.find(b'\x00')
@@ -1015,11 +1017,8 @@ class Core(object):
                             out += header
                             out += data
             if finished:
-                if metrics is not None:
-                    # Recorder.finished(), inlined.
-                    ended(job)
-                    if unsuccessful is not None:
-                        unsuccessful((job, kind))
+                if noted is not None:
+                    noted(job)
                 finish(job)
 
         return work_result

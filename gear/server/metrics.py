@@ -135,7 +135,7 @@ _FINE_BUCKET = [_bisect(TIME_BOUNDS, (t + 0.5) / _FINE)
                 for t in range(_FINE_LIMIT)]
 _chain = itertools.chain.from_iterable
 _repeat = itertools.repeat
-_groupby = itertools.groupby
+_islice = itertools.islice
 
 
 class FunctionStats(object):
@@ -320,14 +320,12 @@ class Recorder(object):
         in every snapshot and memory stays bounded.
 
         A job's run is its end turn's time less its start, its wait its
-        start less the time it entered its queue.  Jobs that share all
-        four (and their function) are filed at once: while jobs flow,
-        a loop turn starts and ends many, and most were created in one
-        mark's span.  The per-job work is done by C-level bulk
-        operations (``map``, ``Counter``, ``bisect``); a batch that
-        needs more than the marks (a requeued job, a job with an epoch
-        time or rarely set fields, handles of several widths) takes the
-        job by job path.
+        start less the time it entered its queue.  Jobs that ended in
+        one turn share that turn's time, the very same float object, and
+        so do the start times of jobs handed out in one turn and the
+        creation times of the jobs of one mark's span: most jobs repeat
+        the previous job's function and times, tested by identity, and
+        such a run of jobs is filed at once (:meth:`_runs`).
         """
         ended = self.ended
         self.flush_due = self.now + FLUSH_INTERVAL
@@ -348,15 +346,22 @@ class Recorder(object):
         if tail:
             end_k.append(tail)
             end_t.append(self.now)
-        ends = _chain(map(_repeat, end_t, end_k))
-        keys = self._bulkKeys(batch, ends)
-        if keys is None:
-            keys = map(self._jobKey, batch,
-                       _chain(map(_repeat, end_t, end_k)))
+        runs = None
+        sinces = self._createdAll(batch)
+        if sinces is not None:
+            try:
+                runs = self._runs(batch, end_t, end_k, sinces)
+            except AttributeError:
+                # A job without links, or without a start: it never
+                # started.
+                pass
+        if runs is None:
+            runs = self._jobRuns(batch, end_t, end_k)
+        del end_k[:], end_t[:]
+        self.ends_noted = 0
         attach = self._attach
         fine = _FINE_BUCKET
-        for (fq, start, now, since), run_of in _groupby(keys):
-            k = len(list(run_of))
+        for fq, start, now, since, k in runs:
             st = fq.stats
             if st is None:
                 st = attach(fq)
@@ -375,26 +380,69 @@ class Recorder(object):
             st.wait[fine[t] if t < _FINE_LIMIT
                     else _bisect(TIME_BOUNDS, wait)] += k
             st.wait_sum += wait * k
-        del end_k[:], end_t[:]
-        self.ends_noted = 0
         for job, kind in others_batch:
             # Counted as completed above.
             counts = self._stats(job).counts
             counts[COMPLETED] -= 1
             counts[kind] += 1
 
-    def _bulkKeys(self, batch, ends):
-        """The (function queue, start, end, queued since) of each job in
-        ``batch``, by bulk operations, or None if a job needs the job by
-        job path (:meth:`_jobKey`)."""
-        try:
-            links = [job._links for job in batch]
-            starts = [link.started for link in links]
-            if any([link.extra for link in links]):
-                return None
-        except AttributeError:
-            # A job without links, or without a start, never started.
-            return None
+    def _runs(self, batch, end_t, end_k, sinces):
+        """(function queue, start, end, queued since, how many) of the
+        runs of alike jobs in ``batch``, which ended ``end_k[i]`` at a
+        time in ``end_t[i]``, each created at the time ``sinces`` gives
+        (:meth:`_createdAll`); None if a job has rarely set fields (an
+        epoch time), AttributeError if one never started."""
+        runs = []
+        add = runs.append
+        jobs = zip(batch, sinces)
+        for end, k in zip(end_t, end_k):
+            fq = start = since = None
+            n = 0
+            for job, created in _islice(jobs, k):
+                links = job._links
+                if links.started is start and created is since and \
+                        job._fq is fq and not links.extra:
+                    n += 1
+                    continue
+                if links.extra:
+                    return None
+                if n:
+                    add((fq, start, end, since, n))
+                fq = job._fq
+                start = links.started
+                since = created
+                n = 1
+            if n:
+                add((fq, start, end, since, n))
+        return runs
+
+    def _jobRuns(self, batch, end_t, end_k):
+        """:meth:`_runs` job by job, for any batch: each job that does not
+        repeat the previous one's function and times is looked at alone
+        (:meth:`_jobKey`)."""
+        runs = []
+        add = runs.append
+        jobs = iter(batch)
+        for end, k in zip(end_t, end_k):
+            fq = start = since = None
+            n = 0
+            for job in _islice(jobs, k):
+                key = self._jobKey(job)
+                if key[0] is fq and key[1] is start and key[2] is since:
+                    n += 1
+                    continue
+                if n:
+                    add((fq, start, end, since, n))
+                fq, start, since = key
+                n = 1
+            if n:
+                add((fq, start, end, since, n))
+        return runs
+
+    def _createdAll(self, batch):
+        """When each job in ``batch`` was created (an iterator), or None
+        if a job needs to be looked at alone: a requeued job, handles of
+        several widths or not the server's."""
         requeued = self._requeued
         if requeued and not requeued.keys().isdisjoint(batch):
             return None
@@ -423,27 +471,25 @@ class Recorder(object):
         b = _bisect(marks, hi)
         times = mark_t[a - 1:b] if a else mark_t[:1] + mark_t[:b]
         if a == b:
-            sinces = _repeat(times[0])
-        else:
-            between = [prefix + b'%d' % n for n in marks[a:b]]
-            sinces = map(times.__getitem__,
-                         map(functools.partial(_bisect, between), handles))
-        return zip([job._fq for job in batch], starts, ends, sinces)
+            return _repeat(times[0])
+        between = [prefix + b'%d' % n for n in marks[a:b]]
+        return map(times.__getitem__,
+                   map(functools.partial(_bisect, between), handles))
 
-    def _jobKey(self, job, end):
-        """:meth:`_bulkKeys` of one job."""
+    def _jobKey(self, job):
+        """(function queue, start, queued since) of one job."""
         links = job._links
         start = None if links is None else getattr(links, 'started', None)
         if start is None:
-            return job._fq, None, end, None
+            return job._fq, None, None
         requeued = self._requeued
         if requeued and job in requeued:
-            return job._fq, start, end, requeued.pop(job)
+            return job._fq, start, requeued.pop(job)
         since = self.createdAt(job)
         if links.extra:
             since = min(start, self._epoch(links.extra, since,
                                            self._clock()))
-        return job._fq, start, end, since
+        return job._fq, start, since
 
     def requeued(self, job):
         """A job lost its worker and went back to its queue."""
