@@ -1,14 +1,19 @@
 """What the job server counts and times, for ``/metrics`` and the dashboard.
 
 :class:`Recorder` is told about every job transition by the server's loop
-thread.  Its work per transition is a method call, a few integer
-increments into plain lists and, for timings, a clock read: no lock, no
-prometheus_client object, no logging.  Counters live in a
-:class:`FunctionStats` that the function's queue points to, so no name
-is looked up either.  A job a worker finishes is only appended to
-:attr:`Recorder.ended`; :meth:`Recorder.flush` counts such jobs in
-batches and files their wait and run times into histograms with fixed
-bucket bounds, before any snapshot is copied.
+thread.  Its work per transition is an integer increment into a plain
+list, a list append or an attribute set, inlined by the server's
+requests on their common paths: no method call, no clock read (the loop
+reads the clock once a turn), no lock, no prometheus_client object, no
+logging.  Counters live
+in a :class:`FunctionStats` that every function's queue gets when it is
+made (:meth:`Recorder.watch`), so neither a name nor a None is looked up
+either.  A job handed to a worker gets the turn's time on its links
+(``JobLinks.started``); a job a worker finishes is only appended to
+:attr:`Recorder.ended`, and the loop notes once a turn how many ended in
+it (:meth:`Recorder.noteEnds`).  :meth:`Recorder.flush` counts such jobs
+in batches and files their wait and run times into histograms with
+fixed bucket bounds, before any snapshot is copied.
 
 A job's submission time is not stored on the job: the server numbers its
 handles in order, so the recorder keeps a short list of (highest job
@@ -26,7 +31,10 @@ serves at the start of its next turn, and formats the copy itself.
 
 Call sites in the server (each behind ``if metrics is not None``):
 
-* loop turn start, when the job counter moved: :meth:`Recorder.mark`
+* a function queue made: its stats (``JobQueue.new_stats``, set by
+  :meth:`Recorder.watch`, which ``Core`` calls);
+* loop turn start: :meth:`Recorder.noteEnds` when jobs ended in the
+  turn before, and :meth:`Recorder.mark` when the job counter moved
   (loop.py ``_pollTurns``);
 * bytes read: ``bytes_in``, and ``packets_in`` taken from the message
   scanner's count (``gear.protocol.MessageScanner.messages``) (loop.py
@@ -34,12 +42,13 @@ Call sites in the server (each behind ``if metrics is not None``):
   packets queued for sending: ``packets_out`` (core.py ``Core.send``,
   and the submit, grab and work-result requests where they write
   replies themselves);
-* a new job queued: :meth:`Recorder.submitted` (core.py, the submit
-  request);
-* a job handed to a worker: :meth:`Recorder.started` (``Core.assign``);
-* a worker's WORK_COMPLETE / WORK_FAIL / WORK_EXCEPTION: the work-result
-  request appends to ``Recorder.ended`` itself (what
-  :meth:`Recorder.finished` does);
+* a new job queued: :meth:`Recorder.submitted`, inlined (core.py, the
+  submit request);
+* a job handed to a worker: :meth:`Recorder.started`, inlined
+  (``Core.assign``);
+* a worker's WORK_COMPLETE: the work-result request appends to
+  ``Recorder.ended`` itself; WORK_FAIL / WORK_EXCEPTION:
+  :meth:`Recorder.finished`;
 * ended jobs counted: :meth:`Recorder.flush` (loop.py ``_pollTurns``
   when the list is long or ``flush_due`` passed; :meth:`Recorder.sweep`,
   which every capture runs first);
