@@ -158,7 +158,12 @@ class RecorderTestCase(testtools.TestCase):
         # bulk way (marks found by bisection over the marks' handles).
         self.checkWaitsOverMarks(100, 930)
 
-    def checkWaitsOverMarks(self, first, last):
+    def test_waits_match_the_marks_of_jobs_ended_in_order(self):
+        # Jobs that end in the order they were created are cut into
+        # their marks' spans at once.
+        self.checkWaitsOverMarks(100, 930, shuffle=False)
+
+    def checkWaitsOverMarks(self, first, last, shuffle=True):
         import bisect
         import random
         rng = random.Random(7)
@@ -176,7 +181,10 @@ class RecorderTestCase(testtools.TestCase):
                 self.server.start(self.recorder, job)
                 waits.append(self.clock.now - self.recorder.createdAt(job))
             self.tick(0.5)
-        rng.shuffle(jobs)
+        if shuffle:
+            rng.shuffle(jobs)
+        else:
+            jobs.sort(key=lambda job: int(job.handle[len(PREFIX):]))
         for job in jobs:
             self.recorder.finished(job, metrics.COMPLETED)
         self.recorder.flush()
