@@ -458,19 +458,21 @@ class Recorder(object):
         if requeued and not requeued.keys().isdisjoint(batch):
             return None
         handles = [job.handle for job in batch]
-        lowest = min(handles)
-        highest = max(handles)
         prefix = self._prefix
-        # Handles that start with the prefix and have one width order as
-        # their numbers do.
-        if not (lowest.startswith(prefix) and highest.startswith(prefix)
-                and len(set(map(len, handles))) == 1):
-            return None
         plen = self._plen
         try:
+            lowest = min(handles)
+            highest = max(handles)
+            # Handles that start with the prefix and have one width order
+            # as their numbers do.
+            if not (lowest.startswith(prefix) and
+                    highest.startswith(prefix) and
+                    len(set(map(len, handles))) == 1):
+                return None
             lo = int(lowest[plen:])
             hi = int(highest[plen:])
-        except ValueError:
+        except (TypeError, ValueError):
+            # Handles that are not all bytes, or not numbers.
             return None
         # A job numbered n was created after mark i = bisect(marks, n) - 1
         # (the first mark, if none is below n).  The marks between the

@@ -294,6 +294,30 @@ class RecorderTestCase(testtools.TestCase):
         self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(0.25)])
         self.assertEqual({}, self.recorder._requeued)
 
+    def test_jobs_with_handles_of_other_kinds_count_from_the_start(self):
+        # A job queued by hand may carry a str handle, or bytes of
+        # another form: such a batch is counted job by job, and those
+        # jobs wait from the start.
+        self.tick()
+        own = self.server.submit(self.recorder, b'fn')
+        odd = []
+        for handle in ('H:test:by-hand', b'elsewhere:7'):
+            job = CompactServerJob._new(handle, b'fn', b'x', None, None,
+                                        NORMAL, True, own._fq)
+            self.recorder.submitted(own._fq, NORMAL)
+            odd.append(job)
+        self.tick(0.03)
+        for job in [own] + odd:
+            self.recorder.started(job)
+        self.tick(0.0008)
+        for job in [own] + odd:
+            self.recorder.finished(job, metrics.COMPLETED)
+        self.recorder.flush()
+        st = self.recorder.functions[b'fn']
+        self.assertEqual(3, st.counts[metrics.COMPLETED])
+        self.assertEqual(3, st.wait[metrics.TIME_BOUNDS.index(0.05)])
+        self.assertEqual(3, st.run[metrics.TIME_BOUNDS.index(0.001)])
+
     def test_fine_buckets_agree_with_bisection(self):
         import bisect
         for tenths in range(0, 10000, 7):
