@@ -391,11 +391,20 @@ class Recorder(object):
             st.wait[fine[t] if t < _FINE_LIMIT
                     else _bisect(TIME_BOUNDS, wait)] += k
             st.wait_sum += wait * k
-        for job, kind in others_batch:
-            # Counted as completed above.
-            counts = self._stats(job).counts
-            counts[COMPLETED] -= 1
-            counts[kind] += 1
+        if others_batch:
+            # Counted as completed above.  The corrected counters replace
+            # the old in one step: other threads read finished totals
+            # (done()) without a lock.
+            moved = {}
+            for job, kind in others_batch:
+                st = self._stats(job)
+                counts = moved.get(st)
+                if counts is None:
+                    counts = moved[st] = st.counts[:]
+                counts[COMPLETED] -= 1
+                counts[kind] += 1
+            for st, counts in moved.items():
+                st.counts = counts
 
     def _runs(self, batch, end_t, end_k, sinces):
         """(function queue, start, end, queued since, how many) of the
