@@ -55,8 +55,9 @@ DEFAULT_PATHS = ('submit', 'drain')
 
 
 def _turn_function(server, step=None):
-    """The metrics part of the start of a loop turn (server.py
-    ``_pollTurns``): the turn's time, the ended jobs counted when their
+    """The metrics part of the start of a loop turn (loop.py
+    ``_pollTurns``): the previous turn's ended jobs given its time, the
+    turn's time, the ended jobs counted when their
     batch is full or due, and a mark when jobs were created.  With
     ``step``, each turn is that many seconds after the previous one."""
     recorder = server.metrics
@@ -74,6 +75,8 @@ def _turn_function(server, step=None):
     queue = server.queue
 
     def turn():
+        if len(ended) != recorder.ends_noted:
+            recorder.noteEnds()
         recorder.now = now = clock()
         if ended and (now >= recorder.flush_due or
                       len(ended) >= metrics_mod.FLUSH_AT):

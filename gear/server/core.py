@@ -18,6 +18,7 @@ scheduler, overridden ``sendJobAssign*`` methods send the assignments,
 an overridden ``wakeConnections`` wakes workers (see :class:`Hooks`).
 """
 
+import functools
 import itertools
 import logging
 import struct
@@ -142,6 +143,9 @@ class Core(object):
         self.handle_format = handle_format
         self.job_class = job_class
         self.metrics = metrics
+        if metrics is not None:
+            # Every function queue gets its counters when it is made.
+            metrics.watch(queue)
         self.stats = stats
         self.acl = acl
         self.job_retries = job_retries
@@ -348,7 +352,8 @@ class Core(object):
             if key is not None:
                 fq.uniques[key] = job
             if metrics is not None:
-                metrics.submitted(fq, precedence)
+                # Recorder.submitted(), inlined: the queue has its stats.
+                fq.stats.counts[precedence] += 1
             out = conn.send_queue
             if out or not conn.closed:
                 if not out:
@@ -719,8 +724,14 @@ class Core(object):
     def assign(self, conn, job):
         """A job goes to a worker (RUNNING); safe to repeat."""
         if self.metrics is not None and (job._state & STATE) != RUNNING:
-            self.metrics.started(job)
-        self.queue.start(job, conn)
+            self.queue.start(job, conn)
+            # Recorder.started(), inlined.
+            try:
+                job._links.started = self.metrics.now
+            except AttributeError:
+                pass    # not runnable: no links, not started
+        else:
+            self.queue.start(job, conn)
         conn.related_jobs[job.handle] = job
         timeouts = conn._timeouts
         if timeouts and job._timer is None:
@@ -977,6 +988,12 @@ class Core(object):
         finish = self.finishJob
         pack_header = _pack_header
         metrics = self.metrics
+        # Recorder.finished(), for this result: completed jobs are only
+        # listed, which the list's own append does.
+        noted = None
+        if metrics is not None and finished:
+            noted = metrics.ended.append if kind == metrics_mod.COMPLETED \
+                else functools.partial(metrics.finished, kind=kind)
 
         def work_result(conn, data):
             end = data.find(b'\x00')
@@ -1013,9 +1030,8 @@ class Core(object):
                             out += header
                             out += data
             if finished:
-                if metrics is not None:
-                    # Recorder.finished(), inlined.
-                    metrics.ended.append((job, kind, metrics.now))
+                if noted is not None:
+                    noted(job)
                 finish(job)
 
         return work_result

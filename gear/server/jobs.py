@@ -45,9 +45,12 @@ def flags(precedence, background):
 
 class JobLinks(object):
     """What only some jobs need: attached clients, the worker running the
-    job, and rarely set fields (``extra``, a dict or None)."""
+    job, rarely set fields (``extra``, a dict or None) and, when the
+    server records metrics, the loop turn time the job was last handed
+    to a worker (``started``; unset before, so that a server without
+    metrics does not pay for it)."""
 
-    __slots__ = ('clients', 'worker', 'extra')
+    __slots__ = ('clients', 'worker', 'extra', 'started')
 
     def __init__(self, clients=None, worker=None):
         self.clients = clients

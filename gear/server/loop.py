@@ -257,8 +257,11 @@ class EventLoop(object):
                 continue
             with lock:
                 if metrics is not None:
-                    metrics.now = turn = monotonic()
                     ended = metrics.ended
+                    if len(ended) != metrics.ends_noted:
+                        # Jobs ended in the previous turn: at its time.
+                        metrics.noteEnds()
+                    metrics.now = turn = monotonic()
                     if ended and (turn >= metrics.flush_due or
                                   len(ended) >= metrics_mod.FLUSH_AT):
                         metrics.flush()

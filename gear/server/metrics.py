@@ -1,14 +1,19 @@
 """What the job server counts and times, for ``/metrics`` and the dashboard.
 
 :class:`Recorder` is told about every job transition by the server's loop
-thread.  Its work per transition is a method call, a few integer
-increments into plain lists and, for timings, a clock read: no lock, no
-prometheus_client object, no logging.  Counters live in a
-:class:`FunctionStats` that the function's queue points to, so no name
-is looked up either.  A job a worker finishes is only appended to
-:attr:`Recorder.ended`; :meth:`Recorder.flush` counts such jobs in
-batches and files their wait and run times into histograms with fixed
-bucket bounds, before any snapshot is copied.
+thread.  Its work per transition is an integer increment into a plain
+list, a list append or an attribute set, inlined by the server's
+requests on their common paths: no method call, no clock read (the loop
+reads the clock once a turn), no lock, no prometheus_client object, no
+logging.  Counters live
+in a :class:`FunctionStats` that every function's queue gets when it is
+made (:meth:`Recorder.watch`), so neither a name nor a None is looked up
+either.  A job handed to a worker gets the turn's time on its links
+(``JobLinks.started``); a job a worker finishes is only appended to
+:attr:`Recorder.ended`, and the loop notes once a turn how many ended in
+it (:meth:`Recorder.noteEnds`).  :meth:`Recorder.flush` counts such jobs
+in batches and files their wait and run times into histograms with
+fixed bucket bounds, before any snapshot is copied.
 
 A job's submission time is not stored on the job: the server numbers its
 handles in order, so the recorder keeps a short list of (highest job
@@ -26,7 +31,10 @@ serves at the start of its next turn, and formats the copy itself.
 
 Call sites in the server (each behind ``if metrics is not None``):
 
-* loop turn start, when the job counter moved: :meth:`Recorder.mark`
+* a function queue made: its stats (``JobQueue.new_stats``, set by
+  :meth:`Recorder.watch`, which ``Core`` calls);
+* loop turn start: :meth:`Recorder.noteEnds` when jobs ended in the
+  turn before, and :meth:`Recorder.mark` when the job counter moved
   (loop.py ``_pollTurns``);
 * bytes read: ``bytes_in``, and ``packets_in`` taken from the message
   scanner's count (``gear.protocol.MessageScanner.messages``) (loop.py
@@ -34,12 +42,13 @@ Call sites in the server (each behind ``if metrics is not None``):
   packets queued for sending: ``packets_out`` (core.py ``Core.send``,
   and the submit, grab and work-result requests where they write
   replies themselves);
-* a new job queued: :meth:`Recorder.submitted` (core.py, the submit
-  request);
-* a job handed to a worker: :meth:`Recorder.started` (``Core.assign``);
-* a worker's WORK_COMPLETE / WORK_FAIL / WORK_EXCEPTION: the work-result
-  request appends to ``Recorder.ended`` itself (what
-  :meth:`Recorder.finished` does);
+* a new job queued: :meth:`Recorder.submitted`, inlined (core.py, the
+  submit request);
+* a job handed to a worker: :meth:`Recorder.started`, inlined
+  (``Core.assign``);
+* a worker's WORK_COMPLETE: the work-result request appends to
+  ``Recorder.ended`` itself; WORK_FAIL / WORK_EXCEPTION:
+  :meth:`Recorder.finished`;
 * ended jobs counted: :meth:`Recorder.flush` (loop.py ``_pollTurns``
   when the list is long or ``flush_due`` passed; :meth:`Recorder.sweep`,
   which every capture runs first);
@@ -54,7 +63,9 @@ Call sites in the server (each behind ``if metrics is not None``):
 
 import bisect
 import collections
+import functools
 import itertools
+import operator
 import threading
 import time
 
@@ -125,16 +136,17 @@ _FINE = 10000.0
 _FINE_LIMIT = 10000
 
 _bisect = bisect.bisect_left
+_bisect_right = bisect.bisect_right
 _STATE = jobstates.STATE
 _RUNNING = jobstates.RUNNING
-_DONE = jobstates.DONE
 _QUEUED = jobstates.QUEUED
 PRIORITY_NAMES = {HIGH: 'high', NORMAL: 'normal', LOW: 'low'}
 PRECEDENCE_ORDER = (HIGH, NORMAL, LOW)
-# Above every job number.
-_NO_LIMIT = float('inf')
 _FINE_BUCKET = [_bisect(TIME_BOUNDS, (t + 0.5) / _FINE)
                 for t in range(_FINE_LIMIT)]
+_chain = itertools.chain.from_iterable
+_repeat = itertools.repeat
+_islice = itertools.islice
 
 
 class FunctionStats(object):
@@ -171,7 +183,6 @@ class Recorder(object):
         self._prefix = handle_prefix
         self._plen = len(handle_prefix)
         self.functions = {}       # name (bytes) -> FunctionStats
-        self._running = {}        # job -> time it was handed out
         self._requeued = {}       # job -> time it was queued again
         self._mark_n = [max_handle]
         self._mark_t = [now]
@@ -180,9 +191,17 @@ class Recorder(object):
         #: mark() when the counter has moved on.
         self.marked = max_handle
         self._next_sweep = now + SWEEP_INTERVAL
-        #: (job, kind, turn time) of jobs workers finished, not yet
-        #: counted: see :meth:`flush`.  Never rebound.
+        #: Jobs workers finished, not yet counted: see :meth:`flush`.
+        #: Never rebound (the work-result requests hold its append).
         self.ended = []
+        #: (job, kind) of the jobs in :attr:`ended` that did not
+        #: complete (FAILED, EXCEPTION).  Never rebound.
+        self.unsuccessful = []
+        #: How many of :attr:`ended` :meth:`noteEnds` has given a time.
+        self.ends_noted = 0
+        # Per loop turn in which jobs ended: how many, and the turn time.
+        self._end_k = []
+        self._end_t = []
         self.flush_due = now + FLUSH_INTERVAL
         self.packets_in = 0
         self.bytes_in = 0
@@ -211,6 +230,15 @@ class Recorder(object):
             st = self.functions[name] = FunctionStats()
         return st
 
+    def watch(self, queue):
+        """Give every function queue of ``queue`` its stats, now and when
+        it is made, so that the server's requests find them without a
+        test (``FunctionQueue.stats``)."""
+        queue.new_stats = self.stats
+        for fq in list(queue.functions.values()):
+            if fq.stats is None:
+                self._attach(fq)
+
     def _attach(self, fq):
         # A function queue gets its stats on first use; a function that
         # was dropped and comes back finds its old counters.
@@ -237,6 +265,17 @@ class Recorder(object):
         if now >= self._next_sweep:
             self.sweep(now)
 
+    def noteEnds(self):
+        """The jobs that joined :attr:`ended` since the last call ended
+        at :attr:`now`.  The loop calls this at the start of a turn,
+        before it moves :attr:`now` on, when ``len(ended)`` differs from
+        :attr:`ends_noted`: a turn's worth of ended jobs shares one
+        time, kept once."""
+        n = len(self.ended)
+        self._end_k.append(n - self.ends_noted)
+        self._end_t.append(self.now)
+        self.ends_noted = n
+
     def _thin(self):
         half = len(self._mark_n) // 2
         # Keep the first mark (the start) and every other one after it.
@@ -244,16 +283,14 @@ class Recorder(object):
         self._mark_t[1:half] = self._mark_t[2:half:2]
 
     def sweep(self, now=None):
-        """Forget jobs that ended by a path that does not report here
-        (cancelled, abandoned, dropped)."""
+        """Forget requeued jobs that ended by a path that does not report
+        here (cancelled, abandoned, dropped)."""
         self._next_sweep = (now or self._clock()) + SWEEP_INTERVAL
-        # Ended jobs keep their start time until they are counted.
         self.flush()
-        for table, alive in ((self._running, _RUNNING),
-                             (self._requeued, _QUEUED)):
-            gone = [job for job in table if job._state & _STATE != alive]
-            for job in gone:
-                del table[job]
+        table = self._requeued
+        gone = [job for job in table if job._state & _STATE != _QUEUED]
+        for job in gone:
+            del table[job]
 
     def committed(self, seconds, ok=True):
         """One store commit took ``seconds``."""
@@ -272,15 +309,18 @@ class Recorder(object):
         st.counts[precedence] += 1
 
     def started(self, job):
-        """A worker was handed ``job``."""
-        self._running[job] = self.now
+        """A worker was handed ``job``: its start time goes on the job's
+        links (``JobLinks.started``)."""
+        job._linked().started = self.now
 
     def finished(self, job, kind):
         """A worker finished ``job``; ``kind`` is COMPLETED, FAILED or
         EXCEPTION (see :data:`RESULT_KINDS`).  Only noted here: the fast
-        path appends to :attr:`ended` itself, and :meth:`flush` counts
-        and times the batch."""
-        self.ended.append((job, kind, self.now))
+        path appends to :attr:`ended` (and :attr:`unsuccessful`)
+        itself, and :meth:`flush` counts and times the batch."""
+        self.ended.append(job)
+        if kind != COMPLETED:
+            self.unsuccessful.append((job, kind))
 
     def flush(self):
         """Count the jobs in :attr:`ended` and time their wait and run.
@@ -289,91 +329,54 @@ class Recorder(object):
         :data:`FLUSH_AT`, at least every :data:`FLUSH_INTERVAL` while
         jobs end, and before a capture or a sweep, so counters are exact
         in every snapshot and memory stays bounded.
+
+        A job's run is its end turn's time less its start, its wait its
+        start less the time it entered its queue.  Jobs that ended in
+        one turn share that turn's time, the very same float object, and
+        so do the start times of jobs handed out in one turn and the
+        creation times of the jobs of one mark's span: most jobs repeat
+        the previous job's function and times, tested by identity, and
+        such a run of jobs is filed at once (:meth:`_runs`).
         """
         ended = self.ended
         self.flush_due = self.now + FLUSH_INTERVAL
         if not ended:
             return
         batch = ended[:]
-        # The fast paths hold this very list: empty it in place.
+        # The fast paths hold these very lists: empty them in place.
         del ended[:]
-        pop_start = self._running.pop
-        requeued = self._requeued
-        plen = self._plen
-        marks = self._mark_n
-        nmarks = len(marks)
-        mark_t = self._mark_t
-        fine = _FINE_BUCKET
+        others = self.unsuccessful
+        if others:
+            others_batch = others[:]
+            del others[:]
+        else:
+            others_batch = ()
+        end_k = self._end_k
+        end_t = self._end_t
+        tail = len(batch) - self.ends_noted
+        if tail:
+            end_k.append(tail)
+            end_t.append(self.now)
+        runs = None
+        sinces = self._createdAll(batch)
+        if sinces is not None:
+            try:
+                runs = self._runs(batch, end_t, end_k, sinces)
+            except AttributeError:
+                # A job without links, or without a start: it never
+                # started.
+                pass
+        if runs is None:
+            runs = self._jobRuns(batch, end_t, end_k)
+        del end_k[:], end_t[:]
+        self.ends_noted = 0
         attach = self._attach
-        # The mark the previous job was created after, and the job
-        # numbers it covers: lo < n <= hi.
-        i = self._hint
-        if i >= nmarks:
-            i = nmarks - 1
-        interval = self._interval
-        lo, hi, width, lo_h, hi_h = interval(i)
-        # Jobs that end in one turn share that turn's time, the very
-        # same float object, and so do the start times of jobs handed
-        # out in one turn and the creation times of jobs created in one
-        # mark's span: most jobs repeat the previous job's function,
-        # result and times, tested by identity, and such a run of jobs
-        # is filed at once.
-        groups = []
-        group = groups.append
-        g_fq = g_kind = g_start = g_now = g_since = None
-        g_n = 0
-        for job, kind, now in batch:
-            start = pop_start(job, None)
-            if start is None:
-                since = None
-            elif requeued and job in requeued:
-                since = requeued.pop(job)
-            else:
-                # createdAt(), inlined: jobs mostly end in the order
-                # they were created, so the previous mark is tried first,
-                # on the handle itself (digits of one width compare as
-                # bytes as they do as numbers) before it is parsed.
-                handle = job.handle
-                try:
-                    same = len(handle) == width and lo_h < handle <= hi_h
-                except TypeError:
-                    same = False
-                if not same:
-                    try:
-                        n = int(handle[plen:])
-                    except (ValueError, TypeError):
-                        n = 0
-                    if not lo < n <= hi:
-                        i = _bisect(marks, n) - 1
-                        if i < 0:
-                            i = 0
-                        lo, hi, width, lo_h, hi_h = interval(i)
-                since = mark_t[i]
-                links = job._links
-                if links is not None and links.extra:
-                    since = min(start, self._epoch(
-                        links.extra, since, self._clock()))
-            fq = job._fq
-            if start is g_start and now is g_now and since is g_since \
-                    and fq is g_fq and kind == g_kind:
-                g_n += 1
-                continue
-            if g_n:
-                group((g_fq, g_kind, g_start, g_now, g_since, g_n))
-            g_fq = fq
-            g_kind = kind
-            g_start = start
-            g_now = now
-            g_since = since
-            g_n = 1
-        if g_n:
-            group((g_fq, g_kind, g_start, g_now, g_since, g_n))
-        self._hint = i
-        for fq, kind, start, now, since, k in groups:
+        fine = _FINE_BUCKET
+        for fq, start, now, since, k in runs:
             st = fq.stats
             if st is None:
                 st = attach(fq)
-            st.counts[kind] += k
+            st.counts[COMPLETED] += k
             if start is None:
                 continue
             # Turn times never go back: start <= now, and a job's marks
@@ -388,30 +391,138 @@ class Recorder(object):
             st.wait[fine[t] if t < _FINE_LIMIT
                     else _bisect(TIME_BOUNDS, wait)] += k
             st.wait_sum += wait * k
+        if others_batch:
+            # Counted as completed above.  The corrected counters replace
+            # the old in one step: other threads read finished totals
+            # (done()) without a lock.
+            moved = {}
+            for job, kind in others_batch:
+                st = self._stats(job)
+                counts = moved.get(st)
+                if counts is None:
+                    counts = moved[st] = st.counts[:]
+                counts[COMPLETED] -= 1
+                counts[kind] += 1
+            for st, counts in moved.items():
+                st.counts = counts
 
-    def _interval(self, i):
-        """The job numbers that mark ``i`` covers, ``lo < n <= hi``,
-        and the same bounds as handles of one width: one of the server's
-        handles of that width is in the interval if
-        ``lo_h < handle <= hi_h``."""
-        marks = self._mark_n
-        lo = marks[i]
-        hi = marks[i + 1] if i + 1 < len(marks) else _NO_LIMIT
+    def _runs(self, batch, end_t, end_k, sinces):
+        """(function queue, start, end, queued since, how many) of the
+        runs of alike jobs in ``batch``, which ended ``end_k[i]`` at a
+        time in ``end_t[i]``, each created at the time ``sinces`` gives
+        (:meth:`_createdAll`); None if a job has rarely set fields (an
+        epoch time), AttributeError if one never started."""
+        runs = []
+        add = runs.append
+        jobs = zip(batch, sinces)
+        for end, k in zip(end_t, end_k):
+            fq = start = since = None
+            n = 0
+            for job, created in _islice(jobs, k):
+                links = job._links
+                if links.started is start and created is since and \
+                        job._fq is fq and not links.extra:
+                    n += 1
+                    continue
+                if links.extra:
+                    return None
+                if n:
+                    add((fq, start, end, since, n))
+                fq = job._fq
+                start = links.started
+                since = created
+                n = 1
+            if n:
+                add((fq, start, end, since, n))
+        return runs
+
+    def _jobRuns(self, batch, end_t, end_k):
+        """:meth:`_runs` job by job, for any batch: each job that does not
+        repeat the previous one's function and times is looked at alone
+        (:meth:`_jobKey`)."""
+        runs = []
+        add = runs.append
+        jobs = iter(batch)
+        for end, k in zip(end_t, end_k):
+            fq = start = since = None
+            n = 0
+            for job in _islice(jobs, k):
+                key = self._jobKey(job)
+                if key[0] is fq and key[1] is start and key[2] is since:
+                    n += 1
+                    continue
+                if n:
+                    add((fq, start, end, since, n))
+                fq, start, since = key
+                n = 1
+            if n:
+                add((fq, start, end, since, n))
+        return runs
+
+    def _createdAll(self, batch):
+        """When each job in ``batch`` was created (an iterator), or None
+        if a job needs to be looked at alone: a requeued job, handles of
+        several widths or not the server's."""
+        requeued = self._requeued
+        if requeued and not requeued.keys().isdisjoint(batch):
+            return None
+        handles = [job.handle for job in batch]
         prefix = self._prefix
-        lo_h = prefix + b'%d' % lo
-        hi_h = None
-        if hi != _NO_LIMIT:
-            hi_h = prefix + b'%d' % hi
-        if hi_h is None or len(hi_h) != len(lo_h):
-            # Every handle of lo_h's width above lo is below hi: a
-            # byte above the digits bounds them.
-            hi_h = prefix + b'\x7f'
-        return lo, hi, len(lo_h), lo_h, hi_h
+        plen = self._plen
+        try:
+            lowest = min(handles)
+            highest = max(handles)
+            # Handles that start with the prefix and have one width order
+            # as their numbers do.
+            if not (lowest.startswith(prefix) and
+                    highest.startswith(prefix) and
+                    len(set(map(len, handles))) == 1):
+                return None
+            lo = int(lowest[plen:])
+            hi = int(highest[plen:])
+        except (TypeError, ValueError):
+            # Handles that are not all bytes, or not numbers.
+            return None
+        # A job numbered n was created after mark i = bisect(marks, n) - 1
+        # (the first mark, if none is below n).  The marks between the
+        # batch's lowest and highest numbers have their width: the job
+        # finds its mark among their handles.
+        marks = self._mark_n
+        mark_t = self._mark_t
+        a = _bisect(marks, lo)
+        b = _bisect(marks, hi)
+        times = mark_t[a - 1:b] if a else mark_t[:1] + mark_t[:b]
+        if a == b:
+            return _repeat(times[0])
+        between = [prefix + b'%d' % n for n in marks[a:b]]
+        if handles == sorted(handles):
+            # As jobs mostly end: in the order they were created.  Each
+            # mark's handle cuts the batch once.
+            cuts = [_bisect_right(handles, h) for h in between]
+            cuts.append(len(handles))
+            return _chain(map(_repeat, times,
+                              map(operator.sub, cuts, [0] + cuts)))
+        return map(times.__getitem__,
+                   map(functools.partial(_bisect, between), handles))
+
+    def _jobKey(self, job):
+        """(function queue, start, queued since) of one job."""
+        links = job._links
+        start = None if links is None else getattr(links, 'started', None)
+        if start is None:
+            return job._fq, None, None
+        requeued = self._requeued
+        if requeued and job in requeued:
+            return job._fq, start, requeued.pop(job)
+        since = self.createdAt(job)
+        if links.extra:
+            since = min(start, self._epoch(links.extra, since,
+                                           self._clock()))
+        return job._fq, start, since
 
     def requeued(self, job):
         """A job lost its worker and went back to its queue."""
         self._stats(job).counts[REQUEUED] += 1
-        self._running.pop(job, None)
         self._requeued[job] = self.now
 
     def timedOut(self, job):
@@ -421,7 +532,6 @@ class Recorder(object):
     def gaveUp(self, job):
         """A job lost its worker once more than the retry limit allows."""
         self._stats(job).counts[GAVE_UP] += 1
-        self._running.pop(job, None)
         self._requeued.pop(job, None)
 
     def _stats(self, job):
@@ -471,7 +581,11 @@ class Recorder(object):
         return since
 
     def runningSince(self, job):
-        return self._running.get(job)
+        """When the running ``job`` was handed out, or None."""
+        links = job._links
+        if links is None or job._state & _STATE != _RUNNING:
+            return None
+        return getattr(links, 'started', None)
 
     def serveCapture(self, server):
         """On the loop thread: answer the pending capture request."""

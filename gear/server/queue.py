@@ -180,6 +180,9 @@ class JobQueue(object):
         # Called with the FunctionQueue when a view's append() queues a job,
         # so that the server can wake that function's sleepers.
         self.on_enqueue = None
+        # Called with a new function's name for its FunctionQueue.stats
+        # when the server records metrics (metrics.Recorder.watch).
+        self.new_stats = None
         self.high_queue = PriorityView(self, HIGH)
         self.normal_queue = PriorityView(self, NORMAL)
         self.low_queue = PriorityView(self, LOW)
@@ -192,6 +195,8 @@ class JobQueue(object):
         if fq is None:
             fq = self.functions[name] = FunctionQueue(
                 name, self.limits.get(name))
+            if self.new_stats is not None:
+                fq.stats = self.new_stats(name)
             set.add(self.names, name)
         return fq
 

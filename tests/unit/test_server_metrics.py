@@ -63,6 +63,8 @@ class RecorderTestCase(testtools.TestCase):
         # What the server's loop does at the start of a turn.
         self.clock.now += seconds
         recorder = self.recorder
+        if len(recorder.ended) != recorder.ends_noted:
+            recorder.noteEnds()
         recorder.now = self.clock()
         if self.server.queue.max_handle != recorder.marked:
             recorder.mark(self.server.queue.max_handle)
@@ -105,7 +107,7 @@ class RecorderTestCase(testtools.TestCase):
         self.assertAlmostEqual(0.06, st.run_sum)
         self.assertEqual(3, sum(st.wait))
         self.assertEqual(3, metrics.done(self.recorder))
-        self.assertEqual({}, self.recorder._running)
+        self.assertEqual([], self.recorder.ended)
 
     def test_ended_jobs_are_counted_by_the_sweep_before_a_capture(self):
         # A finished job is only noted; the sweep that every capture
@@ -124,7 +126,7 @@ class RecorderTestCase(testtools.TestCase):
         self.assertEqual(1, st.counts[metrics.COMPLETED])
         self.assertEqual(1, st.run[metrics.TIME_BOUNDS.index(0.025)])
         self.assertAlmostEqual(0.02, st.run_sum)
-        self.assertEqual({}, self.recorder._running)
+        self.assertEqual([], self.recorder.ended)
 
     def test_a_requeued_job_waits_from_its_requeue(self):
         self.tick()
@@ -149,13 +151,26 @@ class RecorderTestCase(testtools.TestCase):
         # while they keep one width: jobs numbered from 91 to past 1000,
         # created over many marks and finished out of order, wait what
         # createdAt() says.
+        self.checkWaitsOverMarks(90, 1100)
+
+    def test_waits_match_the_marks_within_one_handle_width(self):
+        # The same, with every handle of one width: the batches go the
+        # bulk way (marks found by bisection over the marks' handles).
+        self.checkWaitsOverMarks(100, 930)
+
+    def test_waits_match_the_marks_of_jobs_ended_in_order(self):
+        # Jobs that end in the order they were created are cut into
+        # their marks' spans at once.
+        self.checkWaitsOverMarks(100, 930, shuffle=False)
+
+    def checkWaitsOverMarks(self, first, last, shuffle=True):
         import bisect
         import random
         rng = random.Random(7)
-        self.server.queue.max_handle = 90
+        self.server.queue.max_handle = first
         self.tick()
         jobs = []
-        while self.server.queue.max_handle < 1100:
+        while self.server.queue.max_handle < last:
             for _ in range(rng.randint(1, 60)):
                 jobs.append(self.server.submit(self.recorder, b'fn'))
             self.tick(rng.choice((0.0002, 0.002, 0.03)))
@@ -166,7 +181,10 @@ class RecorderTestCase(testtools.TestCase):
                 self.server.start(self.recorder, job)
                 waits.append(self.clock.now - self.recorder.createdAt(job))
             self.tick(0.5)
-        rng.shuffle(jobs)
+        if shuffle:
+            rng.shuffle(jobs)
+        else:
+            jobs.sort(key=lambda job: int(job.handle[len(PREFIX):]))
         for job in jobs:
             self.recorder.finished(job, metrics.COMPLETED)
         self.recorder.flush()
@@ -212,7 +230,93 @@ class RecorderTestCase(testtools.TestCase):
             self.assertEqual(n, sum(st.wait))
             self.assertAlmostEqual(n * 0.02, st.run_sum)
             self.assertAlmostEqual(n * 0.003, st.wait_sum)
-        self.assertEqual({}, self.recorder._running)
+        self.assertEqual([], self.recorder.ended)
+
+    def test_jobs_ended_in_several_turns_take_their_turns_time(self):
+        # One flush counts jobs that ended over three turns: each job's
+        # run ends at the time of the turn it ended in, and its result
+        # kind is its own.
+        self.tick()
+        jobs = [self.server.submit(self.recorder, b'fn') for _ in range(6)]
+        for job in jobs:
+            self.server.start(self.recorder, job)
+        kinds = iter((metrics.FAILED, metrics.COMPLETED,
+                      metrics.EXCEPTION, metrics.FAILED,
+                      metrics.COMPLETED, metrics.FAILED))
+        for step, pair in ((0.0008, jobs[:2]), (0.02, jobs[2:4]),
+                           (0.7, jobs[4:])):
+            self.tick(step)
+            for job in pair:
+                self.recorder.finished(job, next(kinds))
+        self.assertEqual(0, self.recorder.functions[b'fn'].counts[
+            metrics.COMPLETED])
+        self.recorder.flush()
+        st = self.recorder.functions[b'fn']
+        self.assertEqual((2, 3, 1), (st.counts[metrics.COMPLETED],
+                                     st.counts[metrics.FAILED],
+                                     st.counts[metrics.EXCEPTION]))
+        for bound in (0.001, 0.025, 1.0):
+            self.assertEqual(2, st.run[metrics.TIME_BOUNDS.index(bound)])
+        self.assertAlmostEqual(2 * (0.0008 + 0.0208 + 0.7208), st.run_sum)
+        self.assertEqual(6, st.wait[0])
+        self.assertEqual([], self.recorder.unsuccessful)
+
+    def test_a_batch_with_odd_jobs_files_each_as_it_is(self):
+        # A requeued job waits from its requeue, a job with an epoch time
+        # from that time, one that never started is only counted; the
+        # ordinary jobs of the same batch wait from their creation.
+        import time
+        self.tick()
+        plain = [self.server.submit(self.recorder, b'fn') for _ in range(3)]
+        requeued = self.server.submit(self.recorder, b'fn')
+        scheduled = self.server.submit(self.recorder, b'fn')
+        idle = self.server.submit(self.recorder, b'fn')
+        self.tick(0.3)
+        scheduled.when = time.time() - 0.2
+        for job in plain + [requeued, scheduled]:
+            self.server.start(self.recorder, job)
+        self.recorder.requeued(requeued)
+        self.server.queue.requeue(requeued)
+        self.tick(0.003)
+        self.server.start(self.recorder, requeued)
+        self.tick(0.0005)
+        for job in plain + [requeued, scheduled, idle]:
+            self.recorder.finished(job, metrics.COMPLETED)
+        self.recorder.flush()
+        st = self.recorder.functions[b'fn']
+        self.assertEqual(6, st.counts[metrics.COMPLETED])
+        self.assertEqual(5, sum(st.run))
+        self.assertEqual(5, sum(st.wait))
+        self.assertEqual(3, st.wait[metrics.TIME_BOUNDS.index(0.5)])
+        self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(0.005)])
+        # The epoch job's wait runs from its due time (0.2 s before the
+        # flush, read from the wall clock), not from its creation.
+        self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(0.25)])
+        self.assertEqual({}, self.recorder._requeued)
+
+    def test_jobs_with_handles_of_other_kinds_count_from_the_start(self):
+        # A job queued by hand may carry a str handle, or bytes of
+        # another form: such a batch is counted job by job, and those
+        # jobs wait from the start.
+        self.tick()
+        own = self.server.submit(self.recorder, b'fn')
+        odd = []
+        for handle in ('H:test:by-hand', b'elsewhere:7'):
+            job = CompactServerJob._new(handle, b'fn', b'x', None, None,
+                                        NORMAL, True, own._fq)
+            self.recorder.submitted(own._fq, NORMAL)
+            odd.append(job)
+        self.tick(0.03)
+        for job in [own] + odd:
+            self.recorder.started(job)
+        self.tick(0.0008)
+        for job in [own] + odd:
+            self.recorder.finished(job, metrics.COMPLETED)
+        self.recorder.flush()
+        st = self.recorder.functions[b'fn']
+        self.assertEqual(3, st.counts[metrics.COMPLETED])
+        self.assertEqual(3, st.wait[metrics.TIME_BOUNDS.index(0.05)])
+        self.assertEqual(3, st.run[metrics.TIME_BOUNDS.index(0.001)])
 
     def test_fine_buckets_agree_with_bisection(self):
         import bisect
@@ -247,10 +351,21 @@ class RecorderTestCase(testtools.TestCase):
         self.tick()
         job = self.server.submit(self.recorder, b'fn')
         self.server.start(self.recorder, job)
+        self.recorder.requeued(job)
+        self.server.queue.requeue(job)
         self.server.queue.remove(job)   # e.g. a cancel
-        self.assertIn(job, self.recorder._running)
+        self.assertIn(job, self.recorder._requeued)
         self.tick(metrics.SWEEP_INTERVAL)
-        self.assertNotIn(job, self.recorder._running)
+        self.assertNotIn(job, self.recorder._requeued)
+
+    def test_a_running_job_keeps_its_start_on_its_links(self):
+        self.tick()
+        job = self.server.submit(self.recorder, b'fn')
+        self.assertIsNone(self.recorder.runningSince(job))
+        self.tick(0.5)
+        self.server.start(self.recorder, job)
+        self.assertEqual(100.5, self.recorder.runningSince(job))
+        self.assertEqual(100.5, job._links.started)
 
     def test_snapshot_and_exposition(self):
         self.tick()
