@@ -47,7 +47,10 @@ class HandleIndex(collections.abc.MutableMapping):
         tail = handle[self._plen:]
         if not tail.isdigit() or (tail[0] == 48 and len(tail) > 1):
             return None
-        return int(tail)
+        try:
+            return int(tail)
+        except ValueError:
+            return None     # more digits than int() converts
 
     # The submit fast path calls put() directly with the number it has
     # just formatted into the handle; everything else goes through the
@@ -77,25 +80,30 @@ class HandleIndex(collections.abc.MutableMapping):
 
     def discard(self, handle, job):
         """Remove ``handle`` if it still names ``job`` (once per finished
-        job: :meth:`number` is inlined)."""
-        plen = self._plen
-        tail = handle[plen:]
-        if not plen or handle[:plen] != self._prefix or \
-                not tail.isdigit() or (tail[0] == 48 and len(tail) > 1):
-            if self._other.get(handle) is job:
-                del self._other[handle]
-            return
-        n = int(tail)
-        c = n >> CHUNK_BITS
-        chunk = self.chunks.get(c)
-        i = n & CHUNK_MASK
-        if chunk is not None and chunk[i] is job:
-            chunk[i] = None
-            self._numbered -= 1
-            left = self.live[c] = self.live[c] - 1
-            if not left:
-                del self.chunks[c]
-                del self.live[c]
+        job).  The number is read without checking the handle's form
+        first: only a slot that holds this very job is emptied, and a
+        job is in a slot only under its canonical handle, so any other
+        handle falls through to the dict."""
+        try:
+            n = int(handle[self._plen:])
+        except (ValueError, TypeError):
+            n = -1
+        if n >= 0:
+            c = n >> CHUNK_BITS
+            chunk = self.chunks.get(c)
+            if chunk is not None:
+                i = n & CHUNK_MASK
+                if chunk[i] is job:
+                    chunk[i] = None
+                    self._numbered -= 1
+                    left = self.live[c] = self.live[c] - 1
+                    if not left:
+                        del self.chunks[c]
+                        del self.live[c]
+                    return
+        other = self._other
+        if other.get(handle) is job:
+            del other[handle]
 
     def __getitem__(self, handle):
         job = self.get(handle)

@@ -382,16 +382,19 @@ class JobQueue(object):
     def start(self, job, connection):
         """Mark a job running on ``connection``.  Idempotent."""
         state = job._state & STATE
-        if state == RUNNING:
+        # DETACHED first: what take() leaves for the default scheduler.
+        if state == DETACHED:
+            pass
+        elif state == RUNNING:
             job.worker_connection = connection
             return
-        if state == QUEUED:
+        elif state == QUEUED:
             self.detach(job)
         elif state == EPOCH:
             fq = job._fq
             fq.epoch_count -= 1
             self.epoch_count -= 1
-        elif state != DETACHED:
+        else:
             return
         fq = job._fq
         fq.running += 1

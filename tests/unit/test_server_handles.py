@@ -68,6 +68,23 @@ class TestHandleIndex(testtools.TestCase):
         self.index.discard(b'H:test:1', job)
         self.assertEqual(0, len(self.index))
 
+    def test_discard_of_other_spellings_leaves_the_numbered_job(self):
+        # discard() reads the number without checking the spelling: a
+        # handle that parses to a taken slot must not empty it.
+        five = self.add(b'H:test:5')
+        others = [self.add(h) for h in (
+            b'H:test:05', b'H:test: 5', b'H:test:+5', b'H:test:5 ',
+            b'H:test:0_5', b'H:elsewhere:5', b'X:tset:5', b'H:test:-5',
+            b'H:test:' + b'9' * 5000, b'H:test:x')]
+        for job in others:
+            self.index.discard(job.handle, job)
+            self.assertIs(five, self.index[b'H:test:5'])
+            self.assertIsNone(self.index.get(job.handle))
+        self.assertEqual(1, len(self.index))
+        self.index.discard(b'H:test:5', five)
+        self.assertEqual(0, len(self.index))
+        self.assertEqual({}, self.index.chunks)
+
     def test_iteration_is_in_handle_order_then_others(self):
         for handle in (b'H:other:1', b'H:test:%d' % (CHUNK + 3),
                        b'H:test:2', b'H:test:10'):
