@@ -274,7 +274,7 @@ class Core(object):
         queue_new = self.queueNew
         enqueue = q.enqueue
         wake_for = self.wakeFor
-        hooks = self.hooks
+        wake_hook = self.hooks.wake is not None
         dirty = self.dirty
         handle_format = self.handle_format
         headers = _CREATED_HEADERS
@@ -372,7 +372,7 @@ class Core(object):
                 return
             # queueNew() for a job due now, without the call.
             enqueue(job, fq, precedence)
-            if fq.sleepers or hooks.wake is not None:
+            if fq.sleepers or wake_hook:
                 wake_for(job, fq)
             if stats is not None:
                 core.updateStats()

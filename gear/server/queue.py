@@ -260,10 +260,12 @@ class JobQueue(object):
 
     def enqueue(self, job, fq, p):
         """QUEUED: at the tail of the (function, precedence) FIFO."""
-        fifo = fq.fifos[p]
-        if fifo is _NO_FIFO:
-            fifo = fq.fifos[p] = _deque()
-        fifo.append(job)
+        try:
+            fq.fifos[p].append(job)
+        except AttributeError:
+            # The function's first job of this precedence (_NO_FIFO, an
+            # empty tuple, has no append).
+            fq.fifos[p] = _deque((job,))
         fq.queued[p] += 1
         self.queued[p] += 1
         job._state = (job._state & FLAGS) | QUEUED
