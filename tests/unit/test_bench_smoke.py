@@ -6,6 +6,7 @@ checks pass against each server; they assert nothing about speed.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -226,3 +227,33 @@ class TestMetricsCost(testtools.TestCase):
         self.assertTrue(record['verified'], record)
         self.assertEqual(0, record['scraper']['errors'])
         self.assertGreater(record['scraper']['scrapes'], 0)
+
+
+class TestInstructions(testtools.TestCase):
+    """bench/instructions.py: the requests it counts really happen."""
+
+    def test_every_path_does_its_requests(self):
+        from bench import instructions
+        # (jobs the server holds, functions of the measured worker)
+        self.assertEqual((100, 0), instructions.run('submit', 100))
+        self.assertEqual((instructions.SIZE - 50, 1),
+                         instructions.run('drain', 50))
+        self.assertEqual((0, 300), instructions.run('can-do', 300))
+        self.assertEqual((0, 300), instructions.run('can-do-new', 300))
+
+    @pytest.mark.slow
+    def test_counts_under_valgrind(self):
+        if shutil.which('valgrind') is None:
+            self.skipTest('valgrind is not installed')
+        proc = subprocess.run(
+            [sys.executable, '-m', 'bench.instructions', '--paths', 'can-do',
+             '--small', '200', '--large', '1200'],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            timeout=600)
+        self.assertEqual(0, proc.returncode, proc.stderr)
+        (row,) = [json.loads(line) for line in proc.stdout.splitlines()]
+        self.assertEqual('can-do', row['path'])
+        # A registration through the framing and the core: thousands of
+        # instructions, not none and not a whole server start.
+        self.assertGreater(row['instructions_per_request'], 1000)
+        self.assertLess(row['instructions_per_request'], 100000)
