@@ -50,10 +50,12 @@ def _request(ptype, payload):
     return _HEADER(b'\x00REQ', ptype, len(payload)) + payload
 
 
-def run(path, n):
+def run(path, n, tune=False):
     """Run ``n`` requests of ``path`` through a server in this process;
     return what the server holds afterwards: (jobs, the measured
-    worker's functions)."""
+    worker's functions).  ``tune``: once the data is built, set the
+    collector up as geard does its own process (only for a child that
+    does nothing else)."""
     import gc
     import socket
     from gear import constants as C
@@ -72,13 +74,10 @@ def run(path, n):
         client = ServerConnection(('client', 1), socks[0], False, 'c')
         worker = ServerConnection(('worker', 2), socks[2], False, 'w')
         other = ServerConnection(('other', 3), socks[4], False, 'o')
-        try:
-            # geard's collector settings (thresholds, frozen setup).
-            from gear.cmd.geard import tune_gc
-        except ImportError:
-            gc.collect()
+        if tune:
+            _tune_gc()
         else:
-            tune_gc()
+            gc.collect()
         with server.lock:
             if path == 'submit':
                 for i in range(0, n, 100):
@@ -118,6 +117,16 @@ def run(path, n):
             sock.close()
 
 
+def _tune_gc():
+    """geard's collector settings: thresholds, and everything made so
+    far frozen out of the collector's sight."""
+    try:
+        from gear.cmd.geard import tune_gc
+    except ImportError:
+        return
+    tune_gc()
+
+
 def instructions(path, n, root):
     """Instructions a child running ``n`` requests of ``path`` executes."""
     env = dict(os.environ, PYTHONHASHSEED='0', PYTHONPATH=root)
@@ -149,7 +158,7 @@ def main(argv=None):
     p.add_argument('--n', type=int, default=1000, help='with --once')
     opts = p.parse_args(argv)
     if opts.once:
-        run(opts.once, opts.n)
+        run(opts.once, opts.n, tune=True)
         return 0
     paths = [path.strip() for path in opts.paths.split(',')]
     for path in paths:
