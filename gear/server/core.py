@@ -725,12 +725,13 @@ class Core(object):
         """A job goes to a worker (RUNNING); safe to repeat."""
         if self.metrics is not None and (job._state & STATE) != RUNNING:
             self.queue.start(job, conn)
-            # Recorder.started(), inlined.
-            try:
-                job._links.started = self.metrics.now
-            except AttributeError:
-                pass    # not runnable: no links, not started
+            # Recorder.started(), inlined; a job that could not start
+            # (DONE) may have no links.
+            links = job._links
+            if links is not None:
+                links.started = self.metrics.now
         else:
+            # Without metrics (or running already): nothing to time.
             self.queue.start(job, conn)
         conn.related_jobs[job.handle] = job
         timeouts = conn._timeouts
