@@ -46,7 +46,6 @@ import sys
 import time
 
 from gear import constants as C
-from gear.server import metrics as metrics_mod
 from gear.server.connection import ServerConnection
 from gear.server.server import Server
 
@@ -55,11 +54,9 @@ DEFAULT_PATHS = ('submit', 'drain')
 
 
 def _turn_function(server, step=None):
-    """The metrics part of the start of a loop turn (loop.py
-    ``_pollTurns``): the previous turn's ended jobs given its time, the
-    turn's time, the ended jobs counted when their
-    batch is full or due, and a mark when jobs were created.  With
-    ``step``, each turn is that many seconds after the previous one."""
+    """The metrics part of the start of a loop turn, as the loop does it
+    (``Recorder.beginTurn``).  With ``step``, each turn is that many
+    seconds after the previous one."""
     recorder = server.metrics
     if recorder is None:
         return lambda: None
@@ -71,20 +68,10 @@ def _turn_function(server, step=None):
             return times[0]
     else:
         clock = time.monotonic
-    ended = recorder.ended
     queue = server.queue
 
     def turn():
-        if len(ended) != recorder.ends_noted:
-            recorder.noteEnds()
-        recorder.now = now = clock()
-        if ended and (now >= recorder.flush_due or
-                      len(ended) >= metrics_mod.FLUSH_AT):
-            recorder.flush()
-        if queue.max_handle != recorder.marked and (
-                now - recorder._mark_t[-1] >= metrics_mod.MARK_RESOLUTION or
-                now >= recorder._next_sweep):
-            recorder.mark(queue.max_handle)
+        recorder.beginTurn(clock(), queue.max_handle)
     return turn
 
 

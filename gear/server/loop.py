@@ -257,21 +257,7 @@ class EventLoop(object):
                 continue
             with lock:
                 if metrics is not None:
-                    ended = metrics.ended
-                    if len(ended) != metrics.ends_noted:
-                        # Jobs ended in the previous turn: at its time.
-                        metrics.noteEnds()
-                    metrics.now = turn = monotonic()
-                    if ended and (turn >= metrics.flush_due or
-                                  len(ended) >= metrics_mod.FLUSH_AT):
-                        metrics.flush()
-                    # Recorder.mark() only notes a turn MARK_RESOLUTION
-                    # after the last mark; the test here spares the call.
-                    if queue.max_handle != metrics.marked and (
-                            turn - metrics._mark_t[-1] >=
-                            metrics_mod.MARK_RESOLUTION or
-                            turn >= metrics._next_sweep):
-                        metrics.mark(queue.max_handle)
+                    metrics.beginTurn(monotonic(), queue.max_handle)
                     if metrics.capture_request is not None:
                         metrics.serveCapture(self)
                 # A read that fills RECV_SIZE likely leaves more behind:

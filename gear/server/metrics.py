@@ -33,9 +33,10 @@ Call sites in the server (each behind ``if metrics is not None``):
 
 * a function queue made: its stats (``JobQueue.new_stats``, set by
   :meth:`Recorder.watch`, which ``Core`` calls);
-* loop turn start: :meth:`Recorder.noteEnds` when jobs ended in the
-  turn before, and :meth:`Recorder.mark` when the job counter moved
-  (loop.py ``_pollTurns``);
+* loop turn start: :meth:`Recorder.beginTurn` (loop.py ``_pollTurns``),
+  which calls :meth:`Recorder.noteEnds` when jobs ended in the turn
+  before, :meth:`Recorder.flush` and :meth:`Recorder.mark` when the job
+  counter moved;
 * bytes read: ``bytes_in``, and ``packets_in`` taken from the message
   scanner's count (``gear.protocol.MessageScanner.messages``) (loop.py
   ``_processData``); bytes sent: ``bytes_out`` (``_flushConnection``);
@@ -49,8 +50,8 @@ Call sites in the server (each behind ``if metrics is not None``):
 * a worker's WORK_COMPLETE: the work-result request appends to
   ``Recorder.ended`` itself; WORK_FAIL / WORK_EXCEPTION:
   :meth:`Recorder.finished`;
-* ended jobs counted: :meth:`Recorder.flush` (loop.py ``_pollTurns``
-  when the list is long or ``flush_due`` passed; :meth:`Recorder.sweep`,
+* ended jobs counted: :meth:`Recorder.flush` (``beginTurn`` when the
+  list is long or ``flush_due`` passed; :meth:`Recorder.sweep`,
   which every capture runs first);
 * a job given back to its queue, or failed after its retries:
   :meth:`Recorder.requeued` / :meth:`Recorder.gaveUp`
@@ -246,6 +247,27 @@ class Recorder(object):
         return st
 
     # -- the loop ------------------------------------------------------------
+
+    def beginTurn(self, now, max_handle):
+        """A loop turn starts at ``now`` with the job counter at
+        ``max_handle``: the previous turn's ended jobs get that turn's
+        time (:meth:`noteEnds`), the ended jobs are counted when their
+        batch is full or due (:meth:`flush`), and the creations since the
+        last mark are noted (:meth:`mark`).  The one place that says what
+        a turn's start does, for the loop and for the benches that stand
+        in for it."""
+        ended = self.ended
+        if len(ended) != self.ends_noted:
+            self.noteEnds()
+        self.now = now
+        if ended and (now >= self.flush_due or len(ended) >= FLUSH_AT):
+            self.flush()
+        # mark() only notes a turn MARK_RESOLUTION after the last mark;
+        # the test here spares the call.
+        if max_handle != self.marked and (
+                now - self._mark_t[-1] >= MARK_RESOLUTION or
+                now >= self._next_sweep):
+            self.mark(max_handle)
 
     def mark(self, max_handle):
         """Jobs were created since the last call: note when.
