@@ -16,9 +16,9 @@ of CPU time per job for:
   job's memory is reused hot when it is freed at once.
 
 Between every ``--per-turn`` jobs, the loop's start-of-turn work is
-done as the server's loop does it (the turn's clock read, counting the
-ended jobs when enough are pending, a mark when jobs were created), so
-the batch counting is timed where it happens.
+done as the server's loop does it (the turn's clock read; when it moved
+on by a ``TICK``, the completed jobs are counted and the recorder's time
+moves on), so the batch counting is timed where it happens.
 
 Run it from the repository root::
 
@@ -46,6 +46,7 @@ import sys
 import time
 
 from gear import constants as C
+from gear.server import metrics as metrics_mod
 from gear.server.connection import ServerConnection
 from gear.server.server import Server
 
@@ -55,7 +56,8 @@ DEFAULT_PATHS = ('submit', 'drain')
 
 def _turn_function(server, step=None):
     """The metrics part of the start of a loop turn, as the loop does it
-    (``Recorder.beginTurn``).  With ``step``, each turn is that many
+    (loop.py ``_pollTurns``): the recorder's time moves on when the
+    clock did by a TICK or more.  With ``step``, each turn is that many
     seconds after the previous one."""
     recorder = server.metrics
     if recorder is None:
@@ -68,10 +70,12 @@ def _turn_function(server, step=None):
             return times[0]
     else:
         clock = time.monotonic
-    queue = server.queue
+    tick = metrics_mod.TICK
 
     def turn():
-        recorder.beginTurn(clock(), queue.max_handle)
+        now = clock()
+        if now - recorder.now >= tick:
+            recorder.advance(now)
     return turn
 
 

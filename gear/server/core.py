@@ -141,11 +141,13 @@ class Core(object):
         self.io = io
         self.semantics = semantics
         self.handle_format = handle_format
-        self.job_class = job_class
         self.metrics = metrics
         if metrics is not None:
-            # Every function queue gets its counters when it is made.
+            # Every function queue gets its counters when it is made,
+            # and every job a slot for when it entered its queue.
             metrics.watch(queue)
+            job_class = metrics_mod.timed_class(job_class)
+        self.job_class = job_class
         self.stats = stats
         self.acl = acl
         self.job_retries = job_retries
@@ -352,8 +354,12 @@ class Core(object):
             if key is not None:
                 fq.uniques[key] = job
             if metrics is not None:
-                # Recorder.submitted(), inlined: the queue has its stats.
+                # Recorder.submitted(), inlined: the queue has its stats,
+                # the job a slot for when it entered its queue (a job
+                # due later: queueNew).  The count stands for the
+                # JOB_CREATED packet too (Recorder.packetsOut).
                 fq.stats.counts[precedence] += 1
+                job._since = metrics.now
             out = conn.send_queue
             if out or not conn.closed:
                 if not out:
@@ -363,8 +369,9 @@ class Core(object):
                     hdr = _created_header(len(handle))
                 out += hdr
                 out += handle
-                if metrics is not None:
-                    metrics.packets_out += 1
+            elif metrics is not None:
+                # The client is gone: its JOB_CREATED is never sent.
+                metrics.packets_out -= 1
             if commit_queues:
                 return
             if when:
@@ -410,6 +417,8 @@ class Core(object):
         """A new job, committed if it has to be, joins its queue: QUEUED,
         or EPOCH until ``when``; the workers that can run it are woken."""
         if when and when > time.time():
+            if self.metrics is not None:
+                self.metrics.queued(job, when)
             self.queue.park(job, fq, when)
             self.armEpochTimer(fq)
         else:
@@ -722,17 +731,25 @@ class Core(object):
         return job
 
     def assign(self, conn, job):
-        """A job goes to a worker (RUNNING); safe to repeat."""
-        if self.metrics is not None and (job._state & STATE) != RUNNING:
-            self.queue.start(job, conn)
-            # Recorder.started(), inlined; a job that could not start
-            # (DONE) may have no links.
-            links = job._links
-            if links is not None:
-                links.started = self.metrics.now
-        else:
-            # Without metrics (or running already): nothing to time.
-            self.queue.start(job, conn)
+        """A job goes to a worker (RUNNING); safe to repeat (a repeat in
+        a later turn restarts the job's run time)."""
+        metrics = self.metrics
+        self.queue.start(job, conn)
+        if metrics is not None:
+            # Recorder.started(), inlined: the function's last Timing
+            # fits when the job entered its queue at the same time and
+            # starts in the same turn.
+            try:
+                timing = job._fq.stats.timing
+                if timing.since is not job._since or \
+                        timing.start is not metrics.now:
+                    timing = metrics.timing(job)
+                job._links.started = timing
+            except AttributeError:
+                # A job not of the server's own job class, or one that
+                # could not start (DONE) and has no links.
+                if job._links is not None:
+                    job._links.started = metrics.timing(job)
         conn.related_jobs[job.handle] = job
         timeouts = conn._timeouts
         if timeouts and job._timer is None:
@@ -989,12 +1006,12 @@ class Core(object):
         finish = self.finishJob
         pack_header = _pack_header
         metrics = self.metrics
-        # Recorder.finished(), for this result: completed jobs are only
-        # listed, which the list's own append does.
+        # Recorder.finished(), for this result: completed jobs' Timings
+        # are only listed, which the list's own append does.
         noted = None
         if metrics is not None and finished:
             noted = metrics.ended.append if kind == metrics_mod.COMPLETED \
-                else functools.partial(metrics.finished, kind=kind)
+                else functools.partial(metrics.file, kind=kind)
 
         def work_result(conn, data):
             end = data.find(b'\x00')
@@ -1032,7 +1049,9 @@ class Core(object):
                             out += data
             if finished:
                 if noted is not None:
-                    noted(job)
+                    # Every job a worker runs got its Timing when it was
+                    # handed out (assign).
+                    noted(links.started)
                 finish(job)
 
         return work_result
@@ -1304,6 +1323,8 @@ class Core(object):
                                   None, precedence, True, fq)
         if record.when:
             job.when = record.when
+        if self.metrics is not None:
+            self.metrics.queued(job, record.when)
         job._order = (q.max_handle, 0)
         if key is not None and key in fq.uniques:
             key = None

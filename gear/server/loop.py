@@ -236,6 +236,7 @@ class EventLoop(object):
         plain_read = _EV_READ
         recv_size = RECV_SIZE
         metrics = self.metrics
+        tick = metrics_mod.TICK
         queue = core.queue
         monotonic = time.monotonic
         carry = self._carry
@@ -247,17 +248,21 @@ class EventLoop(object):
                 timeout = min(MAX_POLL_WAIT,
                               max(0.0, timers[0][0] - time.monotonic()))
             if metrics is not None and metrics.ended and not (
-                    0 <= timeout <= metrics_mod.FLUSH_INTERVAL):
-                # Ended jobs are counted within FLUSH_INTERVAL, idle or
-                # not (the dashboard's rates read the counters).
-                timeout = metrics_mod.FLUSH_INTERVAL
+                    0 <= timeout <= metrics_mod.IDLE_FLUSH):
+                # Completed jobs are counted soon, idle or not (the
+                # dashboard's rates read the counters).
+                timeout = metrics_mod.IDLE_FLUSH
             try:
                 events = poll(timeout)
             except InterruptedError:
                 continue
             with lock:
                 if metrics is not None:
-                    metrics.beginTurn(monotonic(), queue.max_handle)
+                    # The turn's time, for every transition in it, moves
+                    # on in steps of at least TICK (Recorder.advance).
+                    now = monotonic()
+                    if now - metrics.now >= tick:
+                        metrics.advance(now)
                     if metrics.capture_request is not None:
                         metrics.serveCapture(self)
                 # A read that fills RECV_SIZE likely leaves more behind:
@@ -483,7 +488,6 @@ class EventLoop(object):
             metrics = self.metrics
             if metrics is not None:
                 metrics.bytes_in += len(data)
-                metrics.packets_in = self._scanner.messages
             pending = len(conn.send_queue)
             if pending > self.output_high_water and not conn.closed:
                 if pending > self.max_output_buffer:

@@ -1,26 +1,37 @@
 """What the job server counts and times, for ``/metrics`` and the dashboard.
 
 :class:`Recorder` is told about every job transition by the server's loop
-thread.  Its work per transition is an integer increment into a plain
-list, a list append or an attribute set, inlined by the server's
-requests on their common paths: no method call, no clock read (the loop
-reads the clock once a turn), no lock, no prometheus_client object, no
-logging.  Counters live
-in a :class:`FunctionStats` that every function's queue gets when it is
-made (:meth:`Recorder.watch`), so neither a name nor a None is looked up
-either.  A job handed to a worker gets the turn's time on its links
-(``JobLinks.started``); a job a worker finishes is only appended to
-:attr:`Recorder.ended`, and the loop notes once a turn how many ended in
-it (:meth:`Recorder.noteEnds`).  :meth:`Recorder.flush` counts such jobs
-in batches and files their wait and run times into histograms with
-fixed bucket bounds, before any snapshot is copied.
+thread.  What a transition costs on the server's hot path is an integer
+increment, an attribute set or a list append, written out in the
+server's requests (no method call, no clock read, no lock, no
+prometheus_client object, no logging).  The loop reads the clock once a
+turn, and moves the recorder's time (:attr:`Recorder.now`) on in steps
+of at least :data:`TICK`: every time the recorder keeps is that of the
+turn a transition happened in, or of one less than a TICK before it.
 
-A job's submission time is not stored on the job: the server numbers its
-handles in order, so the recorder keeps a short list of (highest job
-number, time) marks, one per loop turn in which jobs were created, and
-the mark before a job's number says when it was created.  A queue of a
-million jobs costs no memory here; a wait is known to within a loop turn
-(at most :data:`MARK_RESOLUTION` while submissions stream in).
+The accounting rests on three things a job carries while the server
+records metrics:
+
+* its function's counters: a :class:`FunctionStats` that every function
+  queue gets when it is made (:meth:`Recorder.watch`), so the submit
+  request increments its counter in place;
+* when it entered its queue: the turn time of its submission (or
+  requeue, or its due time if it was scheduled), in a slot of its own
+  (``_since``): with metrics on, the server's jobs are of a subclass of
+  its job class with that slot (:func:`timed_class`);
+* while it runs, a :class:`Timing` on its links (``JobLinks.started``):
+  the jobs of one function queued since one time and handed out at one
+  time share one, made when the first of them is handed out and kept on
+  the function's stats for the next.  It holds the jobs' start and their
+  wait, whose histogram bucket it finds once for all of them.
+
+A job that completes only appends its Timing to :attr:`Recorder.ended`.
+When the time moves on (:meth:`Recorder.advance`), the list is counted
+(:meth:`Recorder.flush`): the Timings are counted by identity in one C
+call, and each distinct one files its jobs' run and wait into its
+function's histograms at once.  The job by job work of the count is
+that C call's; nothing holds a finished job alive for longer than a
+TICK.
 
 :func:`snapshot` turns the server's queues, connections and the
 recorder's counters into plain data (dicts, lists, numbers, str).  Its
@@ -33,40 +44,36 @@ Call sites in the server (each behind ``if metrics is not None``):
 
 * a function queue made: its stats (``JobQueue.new_stats``, set by
   :meth:`Recorder.watch`, which ``Core`` calls);
-* loop turn start: :meth:`Recorder.beginTurn` (loop.py ``_pollTurns``),
-  which calls :meth:`Recorder.noteEnds` when jobs ended in the turn
-  before, :meth:`Recorder.flush` and :meth:`Recorder.mark` when the job
-  counter moved;
+* a loop turn's start: :meth:`Recorder.advance` when the clock moved
+  on by a :data:`TICK` or more, and a snapshot asked for by the HTTP
+  thread (:meth:`Recorder.serveCapture`) (loop.py ``_pollTurns``); the
+  loop also wakes up within :data:`IDLE_FLUSH` while completed jobs
+  wait to be counted;
 * bytes read: ``bytes_in``, and ``packets_in`` taken from the message
   scanner's count (``gear.protocol.MessageScanner.messages``) (loop.py
   ``_processData``); bytes sent: ``bytes_out`` (``_flushConnection``);
   packets queued for sending: ``packets_out`` (core.py ``Core.send``,
   and the submit, grab and work-result requests where they write
   replies themselves);
-* a new job queued: :meth:`Recorder.submitted`, inlined (core.py, the
-  submit request);
+* a new job: :meth:`Recorder.submitted`, inlined (core.py, the submit
+  request); one scheduled for later, or replayed from the store:
+  :meth:`Recorder.queued` (``Core.queueNew``, ``Core.replay``);
 * a job handed to a worker: :meth:`Recorder.started`, inlined
-  (``Core.assign``);
+  (``Core.assign``), which calls :meth:`Recorder.timing` when the
+  function's last Timing does not fit;
 * a worker's WORK_COMPLETE: the work-result request appends to
-  ``Recorder.ended`` itself; WORK_FAIL / WORK_EXCEPTION:
-  :meth:`Recorder.finished`;
-* ended jobs counted: :meth:`Recorder.flush` (``beginTurn`` when the
-  list is long or ``flush_due`` passed; :meth:`Recorder.sweep`,
-  which every capture runs first);
+  :attr:`Recorder.ended` itself; WORK_FAIL / WORK_EXCEPTION:
+  :meth:`Recorder.file` at once (see :meth:`Recorder.finished`);
 * a job given back to its queue, or failed after its retries:
   :meth:`Recorder.requeued` / :meth:`Recorder.gaveUp`
   (``Core.requeueJob``); a CAN_DO_TIMEOUT: :meth:`Recorder.timedOut`
   (``Core._jobTimedOut``);
-* a store commit: :meth:`Recorder.committed` (``Core.commitStore``);
-* a snapshot asked for by the HTTP thread: :meth:`Recorder.serveCapture`
-  (loop.py ``_pollTurns``, at the start of a turn).
+* a store commit: :meth:`Recorder.committed` (``Core.commitStore``).
 """
 
 import bisect
 import collections
-import functools
 import itertools
-import operator
 import threading
 import time
 
@@ -100,24 +107,15 @@ RESULT_KINDS = {constants.WORK_COMPLETE: COMPLETED,
                 constants.WORK_FAIL: FAILED,
                 constants.WORK_EXCEPTION: EXCEPTION}
 
-#: Marks closer together than this (seconds) are not kept.
-MARK_RESOLUTION = 0.001
-#: Past this many marks the older half is thinned (every other one goes),
-#: so old jobs' ages get coarser while memory stays bounded.
-MAX_MARKS = 8192
-#: Ended jobs noted before :meth:`Recorder.flush` counts them, at most
-#: (plus one loop turn's worth).  The list keeps each job alive until
-#: then, so a small batch matters: while jobs flow through the server,
-#: thousands of finished jobs held back push the live ones out of the
-#: processor's caches and keep the allocator from reusing the memory it
-#: has just freed, which cost more per job than the counting itself.  A
-#: hundred or so jobs still share the call's setup.
-FLUSH_AT = 128
-#: Ended jobs wait at most about this long (seconds) to be counted, so
-#: the dashboard's rates, read from another thread, stay current.
-FLUSH_INTERVAL = 0.2
-#: How often (seconds) the bookkeeping of jobs that are gone is dropped.
-SWEEP_INTERVAL = 10.0
+#: The loop's time for transitions moves on in steps of at least this
+#: many seconds (:meth:`Recorder.advance`): every time the recorder
+#: notes is that of the turn it happens in, or of an earlier turn less
+#: than a TICK before.  Jobs that complete in one TICK are counted
+#: together, and jobs handed out in one share their Timing.
+TICK = 0.00025
+#: Completed jobs wait at most about this long (seconds) to be counted
+#: when the server falls idle (the loop wakes up for them).
+IDLE_FLUSH = 0.05
 #: Samples kept for the dashboard's charts (one a second: ten minutes).
 HISTORY = 600
 #: How many of the oldest waiting jobs a snapshot lists.
@@ -137,7 +135,8 @@ _FINE = 10000.0
 _FINE_LIMIT = 10000
 
 _bisect = bisect.bisect_left
-_bisect_right = bisect.bisect_right
+# Counts the items of an iterable into a dict, in C (what Counter uses).
+_count_elements = collections._count_elements
 _STATE = jobstates.STATE
 _RUNNING = jobstates.RUNNING
 _QUEUED = jobstates.QUEUED
@@ -145,15 +144,50 @@ PRIORITY_NAMES = {HIGH: 'high', NORMAL: 'normal', LOW: 'low'}
 PRECEDENCE_ORDER = (HIGH, NORMAL, LOW)
 _FINE_BUCKET = [_bisect(TIME_BOUNDS, (t + 0.5) / _FINE)
                 for t in range(_FINE_LIMIT)]
-_chain = itertools.chain.from_iterable
-_repeat = itertools.repeat
-_islice = itertools.islice
+
+
+def time_bucket(seconds):
+    """The index in a wait or run histogram of ``seconds``."""
+    t = int(seconds * _FINE)
+    if 0 <= t < _FINE_LIMIT:
+        return _FINE_BUCKET[t]
+    return _bisect(TIME_BOUNDS, seconds)
+
+
+class Timing(object):
+    """The jobs of one function, queued since one time and handed to
+    workers at one time (:attr:`Recorder.now`): their start, and their
+    wait (the same for all of them), with its histogram bucket found
+    once."""
+
+    __slots__ = ('stats', 'since', 'start', 'wait', 'wait_bucket')
+
+    def __init__(self, stats, since, start):
+        self.stats = stats
+        self.since = since
+        self.start = start
+        wait = start - since
+        if wait < 0.0:
+            # A job due at an epoch time may be handed out a little
+            # before the monotonic estimate of that time.
+            wait = 0.0
+        self.wait = wait
+        t = int(wait * _FINE)
+        self.wait_bucket = _FINE_BUCKET[t] if t < _FINE_LIMIT \
+            else _bisect(TIME_BOUNDS, wait)
+
+
+# What a function's stats hold before any of its jobs started: no job's
+# times are these objects.
+_NO_TIMING = Timing(None, 0.0, 0.0)
+_NO_TIMING.since = _NO_TIMING.start = object()
 
 
 class FunctionStats(object):
-    """Counters and time histograms of one function name."""
+    """Counters and time histograms of one function name, and the Timing
+    its last job handed to a worker got (``timing``)."""
 
-    __slots__ = ('counts', 'wait', 'wait_sum', 'run', 'run_sum')
+    __slots__ = ('counts', 'wait', 'wait_sum', 'run', 'run_sum', 'timing')
 
     def __init__(self):
         self.counts = [0] * _NCOUNTS
@@ -162,50 +196,53 @@ class FunctionStats(object):
         self.wait_sum = 0.0
         self.run = [0] * (len(TIME_BOUNDS) + 1)
         self.run_sum = 0.0
+        self.timing = _NO_TIMING
+
+
+_TIMED_CLASSES = {}
+
+
+def timed_class(job_class):
+    """``job_class`` with a slot for the time a job entered its queue
+    (``_since``), made once per class.  Only a server that records
+    metrics pays the slot's memory, 16 bytes per queued job."""
+    if hasattr(job_class, '_since'):
+        return job_class
+    cls = _TIMED_CLASSES.get(job_class)
+    if cls is None:
+        cls = type(job_class)(job_class.__name__, (job_class,), {
+            '__slots__': ('_since',),
+            '__module__': job_class.__module__,
+            '__qualname__': job_class.__qualname__,
+            '__doc__': job_class.__doc__})
+        _TIMED_CLASSES[job_class] = cls
+    return cls
 
 
 class Recorder(object):
     """The server's counters and timings; every method runs on the loop
-    thread (or under the server lock).
+    thread (or under the server lock)."""
 
-    :arg handle_prefix: the server's handle prefix including the ``:``
-        before the number, to read a job's number from its handle.
-    :arg max_handle: the job counter at start: jobs at or below it count
-        as created at start (see :meth:`start`).
-    """
-
-    def __init__(self, handle_prefix=b'', max_handle=0,
-                 clock=time.monotonic):
+    def __init__(self, clock=time.monotonic):
         self._clock = clock
-        #: The time (``clock``) of the current loop turn, which the loop
-        #: sets: the turn's transitions share one clock read.
+        #: The time (``clock``) of the current loop turn, or of one less
+        #: than a TICK before (:meth:`advance`): transitions share one
+        #: clock read, and one float object, which :class:`Timing` reuse
+        #: tests by identity.
         now = self.now = clock()
         self.started_at = now
-        self._prefix = handle_prefix
-        self._plen = len(handle_prefix)
         self.functions = {}       # name (bytes) -> FunctionStats
-        self._requeued = {}       # job -> time it was queued again
-        self._mark_n = [max_handle]
-        self._mark_t = [now]
-        self._hint = 0
-        #: The job counter at the last :meth:`mark` call; the loop calls
-        #: mark() when the counter has moved on.
-        self.marked = max_handle
-        self._next_sweep = now + SWEEP_INTERVAL
-        #: Jobs workers finished, not yet counted: see :meth:`flush`.
+        #: The Timings of the jobs that completed at :attr:`now`, one
+        #: entry a job, counted when the time moves on (:meth:`flush`).
         #: Never rebound (the work-result requests hold its append).
         self.ended = []
-        #: (job, kind) of the jobs in :attr:`ended` that did not
-        #: complete (FAILED, EXCEPTION).  Never rebound.
-        self.unsuccessful = []
-        #: How many of :attr:`ended` :meth:`noteEnds` has given a time.
-        self.ends_noted = 0
-        # Per loop turn in which jobs ended: how many, and the turn time.
-        self._end_k = []
-        self._end_t = []
-        self.flush_due = now + FLUSH_INTERVAL
-        self.packets_in = 0
+        #: What counts the packets read: the server's message scanner
+        #: (``gear.protocol.MessageScanner.messages``).
+        self.scanner = None
         self.bytes_in = 0
+        #: Packets queued for sending, except the JOB_CREATED replies to
+        #: new jobs, which the submission counters stand for: see
+        #: :meth:`packetsOut`.
         self.packets_out = 0
         self.bytes_out = 0
         self.commits = [0] * (len(COMMIT_BOUNDS) + 1)
@@ -215,14 +252,21 @@ class Recorder(object):
         #: which serves it at the start of its next turn.
         self.capture_request = None
 
-    def start(self, max_handle):
-        """The server is ready (its stored jobs replayed): jobs numbered
-        up to ``max_handle`` count as created now."""
-        now = self._clock()
-        self._mark_n[:] = [max_handle]
-        self._mark_t[:] = [now]
-        self._hint = 0
-        self.marked = max_handle
+    @property
+    def packets_in(self):
+        """Packets (and admin lines) read."""
+        scanner = self.scanner
+        return 0 if scanner is None else scanner.messages
+
+    def packetsOut(self):
+        """Packets queued for sending: :attr:`packets_out` and a
+        JOB_CREATED for every new job (a submission whose client left
+        before it took its count back)."""
+        total = self.packets_out
+        for st in list(self.functions.values()):
+            c = st.counts
+            total += c[NORMAL] + c[LOW] + c[HIGH]
+        return total
 
     def stats(self, name):
         """The FunctionStats of ``name``, created on first use."""
@@ -246,73 +290,11 @@ class Recorder(object):
         st = fq.stats = self.stats(fq.name)
         return st
 
-    # -- the loop ------------------------------------------------------------
-
-    def beginTurn(self, now, max_handle):
-        """A loop turn starts at ``now`` with the job counter at
-        ``max_handle``: the previous turn's ended jobs get that turn's
-        time (:meth:`noteEnds`), the ended jobs are counted when their
-        batch is full or due (:meth:`flush`), and the creations since the
-        last mark are noted (:meth:`mark`).  The one place that says what
-        a turn's start does, for the loop and for the benches that stand
-        in for it."""
-        ended = self.ended
-        if len(ended) != self.ends_noted:
-            self.noteEnds()
-        self.now = now
-        if ended and (now >= self.flush_due or len(ended) >= FLUSH_AT):
-            self.flush()
-        # mark() only notes a turn MARK_RESOLUTION after the last mark;
-        # the test here spares the call.
-        if max_handle != self.marked and (
-                now - self._mark_t[-1] >= MARK_RESOLUTION or
-                now >= self._next_sweep):
-            self.mark(max_handle)
-
-    def mark(self, max_handle):
-        """Jobs were created since the last call: note when.
-
-        The loop sets :attr:`now` at the start of each turn and calls
-        this when the job counter differs from :attr:`marked`: jobs
-        numbered above ``max_handle`` are created after :attr:`now`.
-        """
-        self.marked = max_handle
-        now = self.now
-        marks_t = self._mark_t
-        if now - marks_t[-1] >= MARK_RESOLUTION:
-            self._mark_n.append(max_handle)
-            marks_t.append(now)
-            if len(marks_t) > MAX_MARKS:
-                self._thin()
-        if now >= self._next_sweep:
-            self.sweep(now)
-
-    def noteEnds(self):
-        """The jobs that joined :attr:`ended` since the last call ended
-        at :attr:`now`.  The loop calls this at the start of a turn,
-        before it moves :attr:`now` on, when ``len(ended)`` differs from
-        :attr:`ends_noted`: a turn's worth of ended jobs shares one
-        time, kept once."""
-        n = len(self.ended)
-        self._end_k.append(n - self.ends_noted)
-        self._end_t.append(self.now)
-        self.ends_noted = n
-
-    def _thin(self):
-        half = len(self._mark_n) // 2
-        # Keep the first mark (the start) and every other one after it.
-        self._mark_n[1:half] = self._mark_n[2:half:2]
-        self._mark_t[1:half] = self._mark_t[2:half:2]
-
-    def sweep(self, now=None):
-        """Forget requeued jobs that ended by a path that does not report
-        here (cancelled, abandoned, dropped)."""
-        self._next_sweep = (now or self._clock()) + SWEEP_INTERVAL
-        self.flush()
-        table = self._requeued
-        gone = [job for job in table if job._state & _STATE != _QUEUED]
-        for job in gone:
-            del table[job]
+    def _stats(self, job):
+        st = job._fq.stats
+        if st is None:
+            st = self._attach(job._fq)
+        return st
 
     def committed(self, seconds, ok=True):
         """One store commit took ``seconds``."""
@@ -323,229 +305,111 @@ class Recorder(object):
 
     # -- job transitions ---------------------------------------------------
 
-    def submitted(self, fq, precedence):
-        """A new job was queued (coalesced submissions are not jobs)."""
-        st = fq.stats
+    def submitted(self, job, precedence, when=0):
+        """A new job was queued (coalesced submissions are not jobs); its
+        job is of a :func:`timed_class`."""
+        self._stats(job).counts[precedence] += 1
+        self.queued(job, when)
+
+    def queued(self, job, when=0):
+        """``job`` waits from now, or from ``when`` (epoch seconds) if
+        that is later: a scheduled job waits from its due time."""
+        since = self.now
+        if when:
+            due = since + (when - time.time())
+            if due > since:
+                since = due
+        job._since = since
+
+    def requeued(self, job):
+        """A job lost its worker and went back to its queue: it waits
+        from now."""
+        self._stats(job).counts[REQUEUED] += 1
+        job._since = self.now
+
+    def timing(self, job):
+        """The :class:`Timing` of ``job``, handed to a worker now: its
+        function's last one if that fits, else a new one that
+        becomes the function's last."""
+        st = job._fq.stats
         if st is None:
-            st = self._attach(fq)
-        st.counts[precedence] += 1
+            st = self._attach(job._fq)
+        try:
+            since = job._since
+        except AttributeError:
+            # Not queued through the server's requests (a job of a class
+            # without the slot): it waits from the start.
+            since = self.started_at
+        now = self.now
+        timing = st.timing
+        if timing.since is not since or timing.start is not now:
+            timing = st.timing = Timing(st, since, now)
+        return timing
 
     def started(self, job):
-        """A worker was handed ``job``: its start time goes on the job's
-        links (``JobLinks.started``)."""
-        job._linked().started = self.now
+        """A worker was handed ``job``: its Timing goes on its links."""
+        job._linked().started = self.timing(job)
 
     def finished(self, job, kind):
         """A worker finished ``job``; ``kind`` is COMPLETED, FAILED or
-        EXCEPTION (see :data:`RESULT_KINDS`).  Only noted here: the fast
-        path appends to :attr:`ended` (and :attr:`unsuccessful`)
-        itself, and :meth:`flush` counts and times the batch."""
-        self.ended.append(job)
-        if kind != COMPLETED:
-            self.unsuccessful.append((job, kind))
+        EXCEPTION (see :data:`RESULT_KINDS`).  A completed job is only
+        listed (the fast path appends to :attr:`ended` itself) and
+        counted when the time moves on; the others are filed at once."""
+        links = job._links
+        timing = None if links is None else getattr(links, 'started', None)
+        if timing is None:
+            timing = self.timing(job)
+        if kind == COMPLETED:
+            self.ended.append(timing)
+        else:
+            self.file(timing, kind)
+
+    def file(self, timing, kind, n=1):
+        """Count ``n`` jobs of ``timing`` that ended now as ``kind``, and
+        file their run and wait."""
+        st = timing.stats
+        st.counts[kind] += n
+        run = self.now - timing.start
+        st.run[time_bucket(run)] += n
+        st.run_sum += run * n
+        st.wait[timing.wait_bucket] += n
+        st.wait_sum += timing.wait * n
+
+    def advance(self, now):
+        """The loop's time moves on to ``now``: the jobs that completed
+        before are counted first, at the time they completed at."""
+        if self.ended:
+            self.flush()
+        self.now = now
 
     def flush(self):
-        """Count the jobs in :attr:`ended` and time their wait and run.
+        """Count the jobs in :attr:`ended`, which completed at
+        :attr:`now`.
 
-        Runs on the loop thread: when the list grows past
-        :data:`FLUSH_AT`, at least every :data:`FLUSH_INTERVAL` while
-        jobs end, and before a capture or a sweep, so counters are exact
-        in every snapshot and memory stays bounded.
-
-        A job's run is its end turn's time less its start, its wait its
-        start less the time it entered its queue.  Jobs that ended in
-        one turn share that turn's time, the very same float object, and
-        so do the start times of jobs handed out in one turn and the
-        creation times of the jobs of one mark's span: most jobs repeat
-        the previous job's function and times, tested by identity, and
-        such a run of jobs is filed at once (:meth:`_runs`).
+        :meth:`advance` calls this before the time moves on, and every
+        capture does first.  The jobs are counted
+        by their Timing, in C; each Timing's jobs are filed at once, as
+        :meth:`file` does (written out here, for the common case).
         """
         ended = self.ended
-        self.flush_due = self.now + FLUSH_INTERVAL
         if not ended:
             return
-        batch = ended[:]
-        # The fast paths hold these very lists: empty them in place.
+        counts = {}
+        _count_elements(counts, ended)
+        # The fast path holds this very list: empty it in place.
         del ended[:]
-        others = self.unsuccessful
-        if others:
-            others_batch = others[:]
-            del others[:]
-        else:
-            others_batch = ()
-        end_k = self._end_k
-        end_t = self._end_t
-        tail = len(batch) - self.ends_noted
-        if tail:
-            end_k.append(tail)
-            end_t.append(self.now)
-        runs = None
-        sinces = self._createdAll(batch)
-        if sinces is not None:
-            try:
-                runs = self._runs(batch, end_t, end_k, sinces)
-            except AttributeError:
-                # A job without links, or without a start: it never
-                # started.
-                pass
-        if runs is None:
-            runs = self._jobRuns(batch, end_t, end_k)
-        del end_k[:], end_t[:]
-        self.ends_noted = 0
-        attach = self._attach
+        now = self.now
         fine = _FINE_BUCKET
-        for fq, start, now, since, k in runs:
-            st = fq.stats
-            if st is None:
-                st = attach(fq)
-            st.counts[COMPLETED] += k
-            if start is None:
-                continue
-            # Turn times never go back: start <= now, and a job's marks
-            # and requeue time are no later than its start.
-            run = now - start
+        for timing, n in counts.items():
+            st = timing.stats
+            st.counts[COMPLETED] += n
+            run = now - timing.start
             t = int(run * _FINE)
             st.run[fine[t] if t < _FINE_LIMIT
-                   else _bisect(TIME_BOUNDS, run)] += k
-            st.run_sum += run * k
-            wait = start - since
-            t = int(wait * _FINE)
-            st.wait[fine[t] if t < _FINE_LIMIT
-                    else _bisect(TIME_BOUNDS, wait)] += k
-            st.wait_sum += wait * k
-        if others_batch:
-            # Counted as completed above.  The corrected counters replace
-            # the old in one step: other threads read finished totals
-            # (done()) without a lock.
-            moved = {}
-            for job, kind in others_batch:
-                st = self._stats(job)
-                counts = moved.get(st)
-                if counts is None:
-                    counts = moved[st] = st.counts[:]
-                counts[COMPLETED] -= 1
-                counts[kind] += 1
-            for st, counts in moved.items():
-                st.counts = counts
-
-    def _runs(self, batch, end_t, end_k, sinces):
-        """(function queue, start, end, queued since, how many) of the
-        runs of alike jobs in ``batch``, which ended ``end_k[i]`` at a
-        time in ``end_t[i]``, each created at the time ``sinces`` gives
-        (:meth:`_createdAll`); None if a job has rarely set fields (an
-        epoch time), AttributeError if one never started."""
-        runs = []
-        add = runs.append
-        jobs = zip(batch, sinces)
-        for end, k in zip(end_t, end_k):
-            fq = start = since = None
-            n = 0
-            for job, created in _islice(jobs, k):
-                links = job._links
-                if links.started is start and created is since and \
-                        job._fq is fq and not links.extra:
-                    n += 1
-                    continue
-                if links.extra:
-                    return None
-                if n:
-                    add((fq, start, end, since, n))
-                fq = job._fq
-                start = links.started
-                since = created
-                n = 1
-            if n:
-                add((fq, start, end, since, n))
-        return runs
-
-    def _jobRuns(self, batch, end_t, end_k):
-        """:meth:`_runs` job by job, for any batch: each job that does not
-        repeat the previous one's function and times is looked at alone
-        (:meth:`_jobKey`)."""
-        runs = []
-        add = runs.append
-        jobs = iter(batch)
-        for end, k in zip(end_t, end_k):
-            fq = start = since = None
-            n = 0
-            for job in _islice(jobs, k):
-                key = self._jobKey(job)
-                if key[0] is fq and key[1] is start and key[2] is since:
-                    n += 1
-                    continue
-                if n:
-                    add((fq, start, end, since, n))
-                fq, start, since = key
-                n = 1
-            if n:
-                add((fq, start, end, since, n))
-        return runs
-
-    def _createdAll(self, batch):
-        """When each job in ``batch`` was created (an iterator), or None
-        if a job needs to be looked at alone: a requeued job, handles of
-        several widths or not the server's."""
-        requeued = self._requeued
-        if requeued and not requeued.keys().isdisjoint(batch):
-            return None
-        handles = [job.handle for job in batch]
-        prefix = self._prefix
-        plen = self._plen
-        try:
-            lowest = min(handles)
-            highest = max(handles)
-            # Handles that start with the prefix and have one width order
-            # as their numbers do.
-            if not (lowest.startswith(prefix) and
-                    highest.startswith(prefix) and
-                    len(set(map(len, handles))) == 1):
-                return None
-            lo = int(lowest[plen:])
-            hi = int(highest[plen:])
-        except (TypeError, ValueError):
-            # Handles that are not all bytes, or not numbers.
-            return None
-        # A job numbered n was created after mark i = bisect(marks, n) - 1
-        # (the first mark, if none is below n).  The marks between the
-        # batch's lowest and highest numbers have their width: the job
-        # finds its mark among their handles.
-        marks = self._mark_n
-        mark_t = self._mark_t
-        a = _bisect(marks, lo)
-        b = _bisect(marks, hi)
-        times = mark_t[a - 1:b] if a else mark_t[:1] + mark_t[:b]
-        if a == b:
-            return _repeat(times[0])
-        between = [prefix + b'%d' % n for n in marks[a:b]]
-        if handles == sorted(handles):
-            # As jobs mostly end: in the order they were created.  Each
-            # mark's handle cuts the batch once.
-            cuts = [_bisect_right(handles, h) for h in between]
-            cuts.append(len(handles))
-            return _chain(map(_repeat, times,
-                              map(operator.sub, cuts, [0] + cuts)))
-        return map(times.__getitem__,
-                   map(functools.partial(_bisect, between), handles))
-
-    def _jobKey(self, job):
-        """(function queue, start, queued since) of one job."""
-        links = job._links
-        start = None if links is None else getattr(links, 'started', None)
-        if start is None:
-            return job._fq, None, None
-        requeued = self._requeued
-        if requeued and job in requeued:
-            return job._fq, start, requeued.pop(job)
-        since = self.createdAt(job)
-        if links.extra:
-            since = min(start, self._epoch(links.extra, since,
-                                           self._clock()))
-        return job._fq, start, since
-
-    def requeued(self, job):
-        """A job lost its worker and went back to its queue."""
-        self._stats(job).counts[REQUEUED] += 1
-        self._requeued[job] = self.now
+                   else _bisect(TIME_BOUNDS, run)] += n
+            st.run_sum += run * n
+            st.wait[timing.wait_bucket] += n
+            st.wait_sum += timing.wait * n
 
     def timedOut(self, job):
         """A job overran its worker's CAN_DO_TIMEOUT."""
@@ -554,60 +418,22 @@ class Recorder(object):
     def gaveUp(self, job):
         """A job lost its worker once more than the retry limit allows."""
         self._stats(job).counts[GAVE_UP] += 1
-        self._requeued.pop(job, None)
 
-    def _stats(self, job):
-        st = job._fq.stats
-        if st is None:
-            st = self._attach(job._fq)
-        return st
-
-    # -- when jobs entered their queue ---------------------------------------
-
-    def createdAt(self, job):
-        """When ``job`` was created, from the marks (monotonic clock)."""
-        try:
-            n = int(job.handle[self._plen:])
-        except (ValueError, TypeError):
-            return self._mark_t[0]
-        marks = self._mark_n
-        # Jobs mostly finish in the order they were created: try the mark
-        # the previous lookup found before searching.
-        i = self._hint
-        if not (i < len(marks) and marks[i] < n and
-                (i + 1 == len(marks) or marks[i + 1] >= n)):
-            i = _bisect(marks, n) - 1
-            if i < 0:
-                i = 0
-            self._hint = i
-        return self._mark_t[i]
-
-    def _epoch(self, extra, since, now):
-        # A job submitted with an epoch time waits from that time.
-        when = extra.get('when')
-        if when:
-            due = now - (time.time() - when)
-            if due > since:
-                return due
-        return since
+    # -- for snapshots -------------------------------------------------------
 
     def queuedSince(self, job):
-        """When ``job`` last entered its queue (creation, a requeue, or
-        its epoch time for a scheduled job)."""
-        since = self._requeued.get(job)
-        if since is None:
-            since = self.createdAt(job)
-            links = job._links
-            if links is not None and links.extra:
-                since = self._epoch(links.extra, since, self._clock())
-        return since
+        """When ``job`` last entered its queue (its submission, a
+        requeue, or its due time for a scheduled job)."""
+        since = getattr(job, '_since', None)
+        return self.started_at if since is None else since
 
     def runningSince(self, job):
         """When the running ``job`` was handed out, or None."""
         links = job._links
         if links is None or job._state & _STATE != _RUNNING:
             return None
-        return getattr(links, 'started', None)
+        timing = getattr(links, 'started', None)
+        return None if timing is None else timing.start
 
     def serveCapture(self, server):
         """On the loop thread: answer the pending capture request."""
@@ -671,7 +497,7 @@ def capture(server, recorder):
     taken.  :func:`build` makes the snapshot of it without the lock.
     """
     now = recorder._clock()
-    recorder.sweep(now)
+    recorder.flush()
     q = server.queue
     functions = []
     heads = []
@@ -706,7 +532,7 @@ def capture(server, recorder):
         'done': done(recorder),
         'functions': functions, 'heads': heads,
         'connections': connections,
-        'io': (recorder.packets_in, recorder.packets_out,
+        'io': (recorder.packets_in, recorder.packetsOut(),
                recorder.bytes_in, recorder.bytes_out),
         'persistent': bool(getattr(getattr(server, 'store', None),
                                    'persistent', False)),

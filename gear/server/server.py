@@ -202,8 +202,7 @@ class Server(EventLoop, admin_mod.AdminHandlers):
         self.connection_index = -1
         self.connect_thread = None
         self._initLoop()
-        self.metrics = metrics_mod.Recorder(prefix + b':') \
-            if metrics else None
+        self.metrics = metrics_mod.Recorder() if metrics else None
         self.core = Core(
             self.queue, self, self.store,
             semantics_mod.POLICIES[semantics], prefix + b':%d',
@@ -222,8 +221,6 @@ class Server(EventLoop, admin_mod.AdminHandlers):
         except Exception:
             self._cleanup()
             raise
-        if self.metrics is not None:
-            self.metrics.start(self.queue.max_handle)
         self._startLoop()
 
     # -- gear's hooks over the core -------------------------------------------
@@ -284,6 +281,9 @@ class Server(EventLoop, admin_mod.AdminHandlers):
         self._scanner = MessageScanner(requests, self._otherPacket,
                                        self._adminLine,
                                        self.max_packet_size, runs)
+        if self.metrics is not None:
+            # It counts the packets read.
+            self.metrics.scanner = self._scanner
         return table
 
     def _adminLine(self, conn, line):

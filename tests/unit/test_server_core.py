@@ -288,8 +288,7 @@ class Harness(object):
         self.queue = JobQueue(PREFIX)
         self.store = store if store is not None else NullStore()
         if recorded:
-            kw['metrics'] = metrics_mod.Recorder(
-                PREFIX, clock=self.clock.monotonic)
+            kw['metrics'] = metrics_mod.Recorder(clock=self.clock.monotonic)
             kw['stats'] = FakeStats()
         self.core = Core(self.queue, self.io, self.store,
                          semantics_mod.POLICIES[semantics], PREFIX + b'%d',
@@ -969,7 +968,7 @@ class TestTransitions(CoreTestCase):
                         if fq.stats is not None)
         self.assertEqual(len(h.jobs), submitted)
         # Counted when appended, so replies to a lost peer count too.
-        self.assertGreaterEqual(metrics.packets_out, h.delivered)
+        self.assertGreaterEqual(metrics.packetsOut(), h.delivered)
 
 
 class TestTransitionsRecorded(TestTransitions):

@@ -1,7 +1,5 @@
 """The metrics recorder, snapshots and their exposition, without sockets."""
 
-import types
-
 import testtools
 
 from gear import constants
@@ -35,14 +33,14 @@ class Server(object):
         self.running = True
         self._persist = False
 
-    def submit(self, recorder, name, precedence=NORMAL):
+    def submit(self, recorder, name, precedence=NORMAL, when=0):
         q = self.queue
         n = q.nextHandleNumber()
         fq = q.function(name)
-        job = CompactServerJob._new(PREFIX + b'%d' % n, name, b'x', None,
-                                    None, precedence, True, fq)
+        job = TIMED._new(PREFIX + b'%d' % n, name, b'x', None, None,
+                         precedence, True, fq)
         q.add(job, fq)
-        recorder.submitted(fq, precedence)
+        recorder.submitted(job, precedence, when)
         return job
 
     def start(self, recorder, job):
@@ -51,38 +49,37 @@ class Server(object):
         self.queue.start(job, None)
 
 
+TIMED = metrics.timed_class(CompactServerJob)
+
+
 class RecorderTestCase(testtools.TestCase):
 
     def setUp(self):
         super(RecorderTestCase, self).setUp()
         self.clock = Clock()
         self.server = Server()
-        self.recorder = metrics.Recorder(PREFIX, 0, clock=self.clock)
+        self.recorder = metrics.Recorder(clock=self.clock)
+        self.server.queue.new_stats = self.recorder.stats
 
     def tick(self, seconds=0.0):
-        # What the server's loop does at the start of a turn.
+        # The recorder's time moves on, as the server's loop moves it.
         self.clock.now += seconds
-        recorder = self.recorder
-        if len(recorder.ended) != recorder.ends_noted:
-            recorder.noteEnds()
-        recorder.now = self.clock()
-        if self.server.queue.max_handle != recorder.marked:
-            recorder.mark(self.server.queue.max_handle)
+        self.recorder.advance(self.clock())
 
-    def test_wait_comes_from_the_turn_a_job_was_created_in(self):
+    def test_wait_runs_from_the_turn_a_job_was_submitted_in(self):
         self.tick()
         first = self.server.submit(self.recorder, b'fn')
         self.tick(2.0)
         second = self.server.submit(self.recorder, b'fn')
         self.tick(0.4)
-        self.assertEqual(100.0, self.recorder.createdAt(first))
-        self.assertEqual(102.0, self.recorder.createdAt(second))
+        self.assertEqual(100.0, self.recorder.queuedSince(first))
+        self.assertEqual(102.0, self.recorder.queuedSince(second))
         self.server.start(self.recorder, first)
         self.server.start(self.recorder, second)
         self.tick(0.001)
         for job in (first, second):
             self.recorder.finished(job, metrics.COMPLETED)
-        self.recorder.flush()
+        self.tick()
         st = self.recorder.functions[b'fn']
         self.assertEqual(2, st.counts[metrics.COMPLETED])
         self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(2.5)])
@@ -99,8 +96,12 @@ class RecorderTestCase(testtools.TestCase):
                                      constants.WORK_FAIL,
                                      constants.WORK_EXCEPTION)):
             self.recorder.finished(job, metrics.RESULT_KINDS[ptype])
-        self.recorder.flush()
         st = self.recorder.functions[b'fn']
+        # A failure is filed at once; a completion at the turn's end.
+        self.assertEqual((0, 1, 1), (st.counts[metrics.COMPLETED],
+                                     st.counts[metrics.FAILED],
+                                     st.counts[metrics.EXCEPTION]))
+        self.tick()
         for kind in (metrics.COMPLETED, metrics.FAILED, metrics.EXCEPTION):
             self.assertEqual(1, st.counts[kind])
         self.assertEqual(3, st.run[metrics.TIME_BOUNDS.index(0.025)])
@@ -109,24 +110,20 @@ class RecorderTestCase(testtools.TestCase):
         self.assertEqual(3, metrics.done(self.recorder))
         self.assertEqual([], self.recorder.ended)
 
-    def test_ended_jobs_are_counted_by_the_sweep_before_a_capture(self):
-        # A finished job is only noted; the sweep that every capture
-        # runs first counts it, with the turn time it ended in.
+    def test_completions_are_counted_by_a_capture_too(self):
         self.tick()
         job = self.server.submit(self.recorder, b'fn')
         self.server.start(self.recorder, job)
         self.tick(0.02)
         self.recorder.finished(job, metrics.COMPLETED)
-        self.tick(5.0)
         st = self.recorder.functions[b'fn']
         self.assertEqual(0, st.counts[metrics.COMPLETED])
         self.assertEqual(1, len(self.recorder.ended))
-        self.recorder.sweep()
+        metrics.capture(self.server, self.recorder)
         self.assertEqual([], self.recorder.ended)
         self.assertEqual(1, st.counts[metrics.COMPLETED])
         self.assertEqual(1, st.run[metrics.TIME_BOUNDS.index(0.025)])
         self.assertAlmostEqual(0.02, st.run_sum)
-        self.assertEqual([], self.recorder.ended)
 
     def test_a_requeued_job_waits_from_its_requeue(self):
         self.tick()
@@ -135,188 +132,109 @@ class RecorderTestCase(testtools.TestCase):
         self.tick(60.0)
         self.recorder.requeued(job)
         self.server.queue.requeue(job)
+        self.assertEqual(160.0, self.recorder.queuedSince(job))
         self.tick(0.004)
         self.server.start(self.recorder, job)
         self.tick(0.0008)
         self.recorder.finished(job, metrics.COMPLETED)
-        self.recorder.flush()
+        self.tick()
         st = self.recorder.functions[b'fn']
         self.assertEqual(1, st.counts[metrics.REQUEUED])
         self.assertEqual(1, sum(st.wait))
         self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(0.005)])
         self.assertEqual(1, st.run[metrics.TIME_BOUNDS.index(0.001)])
 
-    def test_waits_match_the_marks_across_handle_widths(self):
-        # The flush finds a job's mark by comparing handles as bytes
-        # while they keep one width: jobs numbered from 91 to past 1000,
-        # created over many marks and finished out of order, wait what
-        # createdAt() says.
-        self.checkWaitsOverMarks(90, 1100)
-
-    def test_waits_match_the_marks_within_one_handle_width(self):
-        # The same, with every handle of one width: the batches go the
-        # bulk way (marks found by bisection over the marks' handles).
-        self.checkWaitsOverMarks(100, 930)
-
-    def test_waits_match_the_marks_of_jobs_ended_in_order(self):
-        # Jobs that end in the order they were created are cut into
-        # their marks' spans at once.
-        self.checkWaitsOverMarks(100, 930, shuffle=False)
-
-    def checkWaitsOverMarks(self, first, last, shuffle=True):
-        import bisect
-        import random
-        rng = random.Random(7)
-        self.server.queue.max_handle = first
+    def test_a_scheduled_job_waits_from_its_due_time(self):
+        import time
         self.tick()
-        jobs = []
-        while self.server.queue.max_handle < last:
-            for _ in range(rng.randint(1, 60)):
-                jobs.append(self.server.submit(self.recorder, b'fn'))
-            self.tick(rng.choice((0.0002, 0.002, 0.03)))
-        self.assertGreater(len(self.recorder._mark_n), 20)
-        waits = []
-        for part in (jobs[::2], jobs[1::2]):
-            for job in part:
-                self.server.start(self.recorder, job)
-                waits.append(self.clock.now - self.recorder.createdAt(job))
-            self.tick(0.5)
-        if shuffle:
-            rng.shuffle(jobs)
-        else:
-            jobs.sort(key=lambda job: int(job.handle[len(PREFIX):]))
-        for job in jobs:
-            self.recorder.finished(job, metrics.COMPLETED)
-        self.recorder.flush()
-        st = self.recorder.functions[b'fn']
-        expected = [0] * len(st.wait)
-        for wait in waits:
-            expected[bisect.bisect_left(metrics.TIME_BOUNDS, wait)] += 1
-        self.assertEqual(expected, st.wait)
-        self.assertAlmostEqual(sum(waits), st.wait_sum)
-        self.assertEqual(len(jobs), st.counts[metrics.COMPLETED])
-        self.assertEqual(len(jobs), sum(st.run))
+        job = self.server.submit(self.recorder, b'fn',
+                                 when=time.time() + 30.0)
+        self.assertAlmostEqual(130.0, self.recorder.queuedSince(job),
+                               delta=1.0)
+        # Handed out before the estimate of its due time: no wait.
+        self.tick(29.0)
+        self.server.start(self.recorder, job)
+        self.assertEqual(0.0, job._links.started.wait)
+        # A time in the past is no later than the submission.
+        past = self.server.submit(self.recorder, b'fn',
+                                  when=time.time() - 30.0)
+        self.assertEqual(129.0, self.recorder.queuedSince(past))
 
-    def test_alike_jobs_are_filed_together_and_exactly(self):
-        # Jobs of one turn share their times: runs of them are filed at
-        # once, split where the function or the result changes; a job
-        # that never started is only counted.
+    def test_jobs_alike_share_one_timing_and_are_filed_at_once(self):
+        # Jobs of one function queued in one turn and handed out in one
+        # turn share a Timing; another function, another queueing turn
+        # or another start turn makes a new one.
         self.tick()
         a = [self.server.submit(self.recorder, b'a') for _ in range(5)]
         b = [self.server.submit(self.recorder, b'b') for _ in range(3)]
-        idle = self.server.submit(self.recorder, b'b')
-        self.tick(0.003)
-        for job in a + b:
+        self.tick(0.0035)
+        late = self.server.submit(self.recorder, b'a')
+        self.tick(0.0005)
+        for job in a + b + [late]:
             self.server.start(self.recorder, job)
+        timings = [job._links.started for job in a + b + [late]]
+        self.assertEqual(3, len(set(map(id, timings))))
+        self.assertTrue(all(t is timings[0] for t in timings[:5]))
         self.tick(0.02)
-        for job in a[:2] + b[:1] + a[2:]:
+        for job in a[:2] + b + a[2:] + [late]:
             self.recorder.finished(job, metrics.COMPLETED)
-        for job in b[1:]:
-            self.recorder.finished(job, metrics.FAILED)
-        self.recorder.finished(idle, metrics.EXCEPTION)
-        self.recorder.flush()
+        self.tick()
         sa = self.recorder.functions[b'a']
         sb = self.recorder.functions[b'b']
-        self.assertEqual(5, sa.counts[metrics.COMPLETED])
-        self.assertEqual((1, 2, 1), (sb.counts[metrics.COMPLETED],
-                                     sb.counts[metrics.FAILED],
-                                     sb.counts[metrics.EXCEPTION]))
+        self.assertEqual(6, sa.counts[metrics.COMPLETED])
+        self.assertEqual(3, sb.counts[metrics.COMPLETED])
         run = metrics.TIME_BOUNDS.index(0.025)
-        wait = metrics.TIME_BOUNDS.index(0.005)
-        for st, n in ((sa, 5), (sb, 3)):
-            self.assertEqual(n, st.run[run])
-            self.assertEqual(n, sum(st.run))
-            self.assertEqual(n, st.wait[wait])
-            self.assertEqual(n, sum(st.wait))
-            self.assertAlmostEqual(n * 0.02, st.run_sum)
-            self.assertAlmostEqual(n * 0.003, st.wait_sum)
-        self.assertEqual([], self.recorder.ended)
+        self.assertEqual(6, sa.run[run])
+        self.assertEqual(3, sb.run[run])
+        self.assertEqual(5, sa.wait[metrics.TIME_BOUNDS.index(0.005)])
+        self.assertEqual(1, sa.wait[metrics.TIME_BOUNDS.index(0.001)])
+        self.assertEqual(3, sb.wait[metrics.TIME_BOUNDS.index(0.005)])
+        self.assertAlmostEqual(5 * 0.004 + 0.0005, sa.wait_sum)
+        self.assertAlmostEqual(6 * 0.02, sa.run_sum)
+        # A later turn does not reuse the Timing.
+        self.tick(0.5)
+        other = self.server.submit(self.recorder, b'a')
+        self.server.start(self.recorder, other)
+        self.assertIsNot(timings[0], other._links.started)
 
     def test_jobs_ended_in_several_turns_take_their_turns_time(self):
-        # One flush counts jobs that ended over three turns: each job's
-        # run ends at the time of the turn it ended in, and its result
-        # kind is its own.
         self.tick()
         jobs = [self.server.submit(self.recorder, b'fn') for _ in range(6)]
         for job in jobs:
             self.server.start(self.recorder, job)
-        kinds = iter((metrics.FAILED, metrics.COMPLETED,
-                      metrics.EXCEPTION, metrics.FAILED,
-                      metrics.COMPLETED, metrics.FAILED))
         for step, pair in ((0.0008, jobs[:2]), (0.02, jobs[2:4]),
                            (0.7, jobs[4:])):
             self.tick(step)
             for job in pair:
-                self.recorder.finished(job, next(kinds))
-        self.assertEqual(0, self.recorder.functions[b'fn'].counts[
-            metrics.COMPLETED])
-        self.recorder.flush()
+                self.recorder.finished(job, metrics.COMPLETED)
+        self.tick()
         st = self.recorder.functions[b'fn']
-        self.assertEqual((2, 3, 1), (st.counts[metrics.COMPLETED],
-                                     st.counts[metrics.FAILED],
-                                     st.counts[metrics.EXCEPTION]))
+        self.assertEqual(6, st.counts[metrics.COMPLETED])
         for bound in (0.001, 0.025, 1.0):
             self.assertEqual(2, st.run[metrics.TIME_BOUNDS.index(bound)])
         self.assertAlmostEqual(2 * (0.0008 + 0.0208 + 0.7208), st.run_sum)
         self.assertEqual(6, st.wait[0])
-        self.assertEqual([], self.recorder.unsuccessful)
 
-    def test_a_batch_with_odd_jobs_files_each_as_it_is(self):
-        # A requeued job waits from its requeue, a job with an epoch time
-        # from that time, one that never started is only counted; the
-        # ordinary jobs of the same batch wait from their creation.
-        import time
-        self.tick()
-        plain = [self.server.submit(self.recorder, b'fn') for _ in range(3)]
-        requeued = self.server.submit(self.recorder, b'fn')
-        scheduled = self.server.submit(self.recorder, b'fn')
-        idle = self.server.submit(self.recorder, b'fn')
-        self.tick(0.3)
-        scheduled.when = time.time() - 0.2
-        for job in plain + [requeued, scheduled]:
-            self.server.start(self.recorder, job)
-        self.recorder.requeued(requeued)
-        self.server.queue.requeue(requeued)
-        self.tick(0.003)
-        self.server.start(self.recorder, requeued)
-        self.tick(0.0005)
-        for job in plain + [requeued, scheduled, idle]:
-            self.recorder.finished(job, metrics.COMPLETED)
-        self.recorder.flush()
-        st = self.recorder.functions[b'fn']
-        self.assertEqual(6, st.counts[metrics.COMPLETED])
-        self.assertEqual(5, sum(st.run))
-        self.assertEqual(5, sum(st.wait))
-        self.assertEqual(3, st.wait[metrics.TIME_BOUNDS.index(0.5)])
-        self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(0.005)])
-        # The epoch job's wait runs from its due time (0.2 s before the
-        # flush, read from the wall clock), not from its creation.
-        self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(0.25)])
-        self.assertEqual({}, self.recorder._requeued)
-
-    def test_jobs_with_handles_of_other_kinds_count_from_the_start(self):
-        # A job queued by hand may carry a str handle, or bytes of
-        # another form: such a batch is counted job by job, and those
-        # jobs wait from the start.
-        self.tick()
+    def test_a_job_of_a_class_without_the_slot_waits_from_the_start(self):
+        # A job queued by hand, not through the server's requests.
+        self.tick(5.0)
         own = self.server.submit(self.recorder, b'fn')
-        odd = []
-        for handle in ('H:test:by-hand', b'elsewhere:7'):
-            job = CompactServerJob._new(handle, b'fn', b'x', None, None,
-                                        NORMAL, True, own._fq)
-            self.recorder.submitted(own._fq, NORMAL)
-            odd.append(job)
+        odd = CompactServerJob._new(b'H:test:by-hand', b'fn', b'x', None,
+                                    None, NORMAL, True, own._fq)
+        self.server.queue.add(odd, own._fq)
+        self.assertEqual(100.0, self.recorder.queuedSince(odd))
         self.tick(0.03)
-        for job in [own] + odd:
-            self.recorder.started(job)
+        for job in (own, odd):
+            self.server.start(self.recorder, job)
         self.tick(0.0008)
-        for job in [own] + odd:
+        for job in (own, odd):
             self.recorder.finished(job, metrics.COMPLETED)
-        self.recorder.flush()
+        self.tick()
         st = self.recorder.functions[b'fn']
-        self.assertEqual(3, st.counts[metrics.COMPLETED])
-        self.assertEqual(3, st.wait[metrics.TIME_BOUNDS.index(0.05)])
-        self.assertEqual(3, st.run[metrics.TIME_BOUNDS.index(0.001)])
+        self.assertEqual(2, st.counts[metrics.COMPLETED])
+        self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(0.05)])
+        self.assertEqual(1, st.wait[metrics.TIME_BOUNDS.index(10.0)])
+        self.assertEqual(2, st.run[metrics.TIME_BOUNDS.index(0.001)])
 
     def test_fine_buckets_agree_with_bisection(self):
         import bisect
@@ -324,48 +242,45 @@ class RecorderTestCase(testtools.TestCase):
             value = (tenths + 0.3) / 10000.0
             self.assertEqual(
                 bisect.bisect_left(metrics.TIME_BOUNDS, value),
-                metrics._FINE_BUCKET[int(value * metrics._FINE)], value)
+                metrics.time_bucket(value), value)
+            self.assertEqual(
+                bisect.bisect_left(metrics.TIME_BOUNDS, value),
+                metrics.Timing(None, 0.0, value).wait_bucket, value)
+        for value in (1.0, 1.5, 59.9, 4000.0):
+            self.assertEqual(bisect.bisect_left(metrics.TIME_BOUNDS, value),
+                             metrics.time_bucket(value), value)
 
-    def test_marks_stay_bounded_and_keep_the_start(self):
-        self.tick()
-        for _ in range(3 * metrics.MAX_MARKS):
-            self.server.queue.max_handle += 1
-            self.tick(metrics.MARK_RESOLUTION)
-        self.assertLessEqual(len(self.recorder._mark_n), metrics.MAX_MARKS)
-        self.assertEqual(0, self.recorder._mark_n[0])
-        self.assertEqual(sorted(self.recorder._mark_n),
-                         self.recorder._mark_n)
-        # The newest marks are exact.
-        job = types.SimpleNamespace(
-            handle=PREFIX + b'%d' % self.server.queue.max_handle)
-        self.assertAlmostEqual(
-            self.clock.now - metrics.MARK_RESOLUTION,
-            self.recorder.createdAt(job))
-
-    def test_foreign_handles_count_from_the_start(self):
-        self.tick(5.0)
-        job = types.SimpleNamespace(handle=b'elsewhere:abc')
-        self.assertEqual(100.0, self.recorder.createdAt(job))
-
-    def test_the_sweep_forgets_jobs_that_ended_elsewhere(self):
-        self.tick()
-        job = self.server.submit(self.recorder, b'fn')
-        self.server.start(self.recorder, job)
-        self.recorder.requeued(job)
-        self.server.queue.requeue(job)
-        self.server.queue.remove(job)   # e.g. a cancel
-        self.assertIn(job, self.recorder._requeued)
-        self.tick(metrics.SWEEP_INTERVAL)
-        self.assertNotIn(job, self.recorder._requeued)
-
-    def test_a_running_job_keeps_its_start_on_its_links(self):
+    def test_a_running_job_keeps_its_timing_on_its_links(self):
         self.tick()
         job = self.server.submit(self.recorder, b'fn')
         self.assertIsNone(self.recorder.runningSince(job))
         self.tick(0.5)
         self.server.start(self.recorder, job)
         self.assertEqual(100.5, self.recorder.runningSince(job))
-        self.assertEqual(100.5, job._links.started)
+        self.assertEqual(100.5, job._links.started.start)
+        self.assertEqual(0.5, job._links.started.wait)
+
+    def test_timed_classes_add_one_slot(self):
+        from gear.server.jobs import ServerJob
+        self.assertIs(TIMED, metrics.timed_class(CompactServerJob))
+        self.assertIs(TIMED, metrics.timed_class(TIMED))
+        self.assertEqual(('_since',), TIMED.__slots__)
+        self.assertFalse(hasattr(TIMED._new(b'h', b'f', b'', None, None,
+                                            NORMAL, True), '__dict__'))
+        self.assertIsInstance(TIMED._new(b'h', b'f', b'', None, None,
+                                         NORMAL, True), ServerJob)
+        loose = metrics.timed_class(ServerJob)
+        job = loose._new(b'h', b'f', b'', None, None, NORMAL, True)
+        job.anything = 1
+        self.assertEqual('ServerJob', loose.__name__)
+
+    def test_job_created_replies_are_counted_with_the_submissions(self):
+        self.tick()
+        for _ in range(3):
+            self.server.submit(self.recorder, b'fn')
+        self.recorder.packets_out += 2
+        self.assertEqual(5, self.recorder.packetsOut())
+        self.assertEqual(0, self.recorder.packets_in)
 
     def test_snapshot_and_exposition(self):
         self.tick()
@@ -424,7 +339,7 @@ class SnapshotTestCase(testtools.TestCase):
 
     def test_connections_by_role_and_bounded_worker_listing(self):
         server = Server()
-        recorder = metrics.Recorder(PREFIX)
+        recorder = metrics.Recorder()
         many = [b'fn-%d' % i for i in range(200)]
         server.connection_map = {
             1: Conn(1), 2: Conn(2, admin=True), 3: Conn(3, many),
@@ -440,7 +355,7 @@ class SnapshotTestCase(testtools.TestCase):
 
     def test_counters_outlive_a_dropped_function(self):
         server = Server()
-        recorder = metrics.Recorder(PREFIX)
+        recorder = metrics.Recorder()
         server.submit(recorder, b'gone')
         job = next(iter(server.queue.jobs.values()))
         server.queue.remove(job)
