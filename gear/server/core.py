@@ -736,13 +736,12 @@ class Core(object):
         metrics = self.metrics
         self.queue.start(job, conn)
         if metrics is not None:
-            # Recorder.started(), inlined: the function's last Timing
-            # fits when the job entered its queue at the same time and
-            # starts in the same turn.
+            # Recorder.started(), inlined: the function's last Timing,
+            # which lasts until the time moves on, fits when the job
+            # entered its queue at the same time.
             try:
                 timing = job._fq.stats.timing
-                if timing.since is not job._since or \
-                        timing.start is not metrics.now:
+                if timing.since is not job._since:
                     timing = metrics.timing(job)
                 job._links.started = timing
             except AttributeError:

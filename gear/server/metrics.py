@@ -185,7 +185,8 @@ _NO_TIMING.since = _NO_TIMING.start = object()
 
 class FunctionStats(object):
     """Counters and time histograms of one function name, and the Timing
-    its last job handed to a worker got (``timing``)."""
+    its last job handed to a worker got (``timing``) until the time moves
+    on."""
 
     __slots__ = ('counts', 'wait', 'wait_sum', 'run', 'run_sum', 'timing')
 
@@ -232,6 +233,8 @@ class Recorder(object):
         now = self.now = clock()
         self.started_at = now
         self.functions = {}       # name (bytes) -> FunctionStats
+        # The stats that got a Timing since the time last moved on.
+        self._timed = []
         #: The Timings of the jobs that completed at :attr:`now`, one
         #: entry a job, counted when the time moves on (:meth:`flush`).
         #: Never rebound (the work-result requests hold its append).
@@ -344,6 +347,7 @@ class Recorder(object):
         timing = st.timing
         if timing.since is not since or timing.start is not now:
             timing = st.timing = Timing(st, since, now)
+            self._timed.append(st)
         return timing
 
     def started(self, job):
@@ -380,6 +384,12 @@ class Recorder(object):
         before are counted first, at the time they completed at."""
         if self.ended:
             self.flush()
+        # The functions' last Timings are of the time that ends: the
+        # server's requests need not test their start.
+        timed = self._timed
+        for st in timed:
+            st.timing = _NO_TIMING
+        del timed[:]
         self.now = now
 
     def flush(self):
