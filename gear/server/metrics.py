@@ -49,12 +49,13 @@ Call sites in the server (each behind ``if metrics is not None``):
   thread (:meth:`Recorder.serveCapture`) (loop.py ``_pollTurns``); the
   loop also wakes up within :data:`IDLE_FLUSH` while completed jobs
   wait to be counted;
-* bytes read: ``bytes_in``, and ``packets_in`` taken from the message
-  scanner's count (``gear.protocol.MessageScanner.messages``) (loop.py
-  ``_processData``); bytes sent: ``bytes_out`` (``_flushConnection``);
-  packets queued for sending: ``packets_out`` (core.py ``Core.send``,
-  and the submit, grab and work-result requests where they write
-  replies themselves);
+* bytes read: ``bytes_in`` (loop.py ``_processData``; the packets read
+  are the message scanner's own count,
+  ``gear.protocol.MessageScanner.messages``); bytes sent: ``bytes_out``
+  (``_flushConnection``); packets queued for sending: ``packets_out``
+  (core.py ``Core.send``, and the grab and work-result requests where
+  they write replies themselves; a new job's JOB_CREATED is counted
+  by its submission, see :meth:`Recorder.packetsOut`);
 * a new job: :meth:`Recorder.submitted`, inlined (core.py, the submit
   request); one scheduled for later, or replayed from the store:
   :meth:`Recorder.queued` (``Core.queueNew``, ``Core.replay``);
@@ -172,9 +173,7 @@ class Timing(object):
             # before the monotonic estimate of that time.
             wait = 0.0
         self.wait = wait
-        t = int(wait * _FINE)
-        self.wait_bucket = _FINE_BUCKET[t] if t < _FINE_LIMIT \
-            else _bisect(TIME_BOUNDS, wait)
+        self.wait_bucket = time_bucket(wait)
 
 
 # What a function's stats hold before any of its jobs started: no job's
@@ -309,8 +308,9 @@ class Recorder(object):
     # -- job transitions ---------------------------------------------------
 
     def submitted(self, job, precedence, when=0):
-        """A new job was queued (coalesced submissions are not jobs); its
-        job is of a :func:`timed_class`."""
+        """A new job was queued (coalesced submissions are not jobs), and
+        its JOB_CREATED reply (:meth:`packetsOut`); ``job`` is of a
+        :func:`timed_class`."""
         self._stats(job).counts[precedence] += 1
         self.queued(job, when)
 
