@@ -46,7 +46,6 @@ import sys
 import time
 
 from gear import constants as C
-from gear.server import metrics as metrics_mod
 from gear.server.connection import ServerConnection
 from gear.server.server import Server
 
@@ -56,7 +55,7 @@ DEFAULT_PATHS = ('submit', 'drain')
 
 def _turn_function(server, step=None):
     """The metrics part of the start of a loop turn, as the loop does it
-    (loop.py ``_pollTurns``): the recorder's time moves on when the
+    (``Recorder.beginTurn``): the recorder's time moves on when the
     clock did by a TICK or more.  With ``step``, each turn is that many
     seconds after the previous one."""
     recorder = server.metrics
@@ -70,12 +69,9 @@ def _turn_function(server, step=None):
             return times[0]
     else:
         clock = time.monotonic
-    tick = metrics_mod.TICK
 
     def turn():
-        now = clock()
-        if now - recorder.now >= tick:
-            recorder.advance(now)
+        recorder.beginTurn(clock())
     return turn
 
 

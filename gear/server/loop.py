@@ -236,7 +236,6 @@ class EventLoop(object):
         plain_read = _EV_READ
         recv_size = RECV_SIZE
         metrics = self.metrics
-        tick = metrics_mod.TICK
         queue = core.queue
         monotonic = time.monotonic
         carry = self._carry
@@ -258,11 +257,7 @@ class EventLoop(object):
                 continue
             with lock:
                 if metrics is not None:
-                    # The turn's time, for every transition in it, moves
-                    # on in steps of at least TICK (Recorder.advance).
-                    now = monotonic()
-                    if now - metrics.now >= tick:
-                        metrics.advance(now)
+                    metrics.beginTurn(monotonic())
                     if metrics.capture_request is not None:
                         metrics.serveCapture(self)
                 # A read that fills RECV_SIZE likely leaves more behind:

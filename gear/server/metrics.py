@@ -44,8 +44,9 @@ Call sites in the server (each behind ``if metrics is not None``):
 
 * a function queue made: its stats (``JobQueue.new_stats``, set by
   :meth:`Recorder.watch`, which ``Core`` calls);
-* a loop turn's start: :meth:`Recorder.advance` when the clock moved
-  on by a :data:`TICK` or more, and a snapshot asked for by the HTTP
+* a loop turn's start: :meth:`Recorder.beginTurn`, which calls
+  :meth:`Recorder.advance` when the clock moved on by a :data:`TICK`
+  or more, and a snapshot asked for by the HTTP
   thread (:meth:`Recorder.serveCapture`) (loop.py ``_pollTurns``); the
   loop also wakes up within :data:`IDLE_FLUSH` while completed jobs
   wait to be counted;
@@ -334,9 +335,7 @@ class Recorder(object):
         """The :class:`Timing` of ``job``, handed to a worker now: its
         function's last one if that fits, else a new one that
         becomes the function's last."""
-        st = job._fq.stats
-        if st is None:
-            st = self._attach(job._fq)
+        st = self._stats(job)
         try:
             since = job._since
         except AttributeError:
@@ -379,6 +378,14 @@ class Recorder(object):
         st.wait[timing.wait_bucket] += n
         st.wait_sum += timing.wait * n
 
+    def beginTurn(self, now):
+        """A loop turn starts at ``now`` (a clock read): the recorder's
+        time moves on if the clock did by a :data:`TICK` or more.  The
+        one place that says what a turn's start does, for the loop and
+        for the benches that stand in for it."""
+        if now - self.now >= TICK:
+            self.advance(now)
+
     def advance(self, now):
         """The loop's time moves on to ``now``: the jobs that completed
         before are counted first, at the time they completed at."""
@@ -397,9 +404,8 @@ class Recorder(object):
         :attr:`now`.
 
         :meth:`advance` calls this before the time moves on, and every
-        capture does first.  The jobs are counted
-        by their Timing, in C; each Timing's jobs are filed at once, as
-        :meth:`file` does (written out here, for the common case).
+        capture does first.  The jobs are counted by their Timing, in C;
+        each Timing's jobs are filed at once (:meth:`file`).
         """
         ended = self.ended
         if not ended:
@@ -408,18 +414,9 @@ class Recorder(object):
         _count_elements(counts, ended)
         # The fast path holds this very list: empty it in place.
         del ended[:]
-        now = self.now
-        fine = _FINE_BUCKET
+        file = self.file
         for timing, n in counts.items():
-            st = timing.stats
-            st.counts[COMPLETED] += n
-            run = now - timing.start
-            t = int(run * _FINE)
-            st.run[fine[t] if t < _FINE_LIMIT
-                   else _bisect(TIME_BOUNDS, run)] += n
-            st.run_sum += run * n
-            st.wait[timing.wait_bucket] += n
-            st.wait_sum += timing.wait * n
+            file(timing, COMPLETED, n)
 
     def timedOut(self, job):
         """A job overran its worker's CAN_DO_TIMEOUT."""
