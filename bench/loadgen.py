@@ -1012,7 +1012,29 @@ def _ratios(a, b, metrics):
     return out
 
 
-def summarize(scenario, records, server_names, loads=('raw',)):
+def _paired_ratios(records, name, baseline, load):
+    """Median and mean over rounds of one round's CPU-per-job ratio.
+
+    Rounds share the machine's state of the moment, so a ratio taken
+    within a round cancels much of what drifts between rounds.
+    """
+    def by_round(server):
+        return {r['round']: r['server_cpu_us_per_job'] for r in records
+                if r.get('server') == server and r.get('verified')
+                and 'round' in r
+                and r.get('load', 'raw') == load
+                and r.get('server_cpu_us_per_job')}
+    mine, theirs = by_round(name), by_round(baseline)
+    ratios = [mine[k] / theirs[k] for k in mine if k in theirs]
+    if not ratios:
+        return None
+    return {'rounds': len(ratios),
+            'median': round(statistics.median(ratios), 3),
+            'mean': round(statistics.mean(ratios), 3)}
+
+
+def summarize(scenario, records, server_names, loads=('raw',),
+              baseline=None):
     per_server = {}
     for load in loads:
         for name in server_names:
@@ -1031,17 +1053,22 @@ def summarize(scenario, records, server_names, loads=('raw',)):
     summary = {'summary': True, 'scenario': scenario, 'servers': per_server,
                'ratios': {}}
     for load in loads:
-        baseline = next((_summary_key(s, load)
-                         for s in ('gearmand', 'gearmand-mt')
-                         if _summary_key(s, load) in per_server), None)
-        if not baseline:
+        candidates = (baseline,) if baseline else ('gearmand', 'gearmand-mt')
+        base = next((s for s in candidates
+                     if _summary_key(s, load) in per_server), None)
+        if not base:
             continue
+        base_key = _summary_key(base, load)
         for name in server_names:
             key = _summary_key(name, load)
-            if key == baseline or key not in per_server:
+            if key == base_key or key not in per_server:
                 continue
-            summary['ratios']['%s/%s' % (key, baseline)] = _ratios(
-                per_server[key], per_server[baseline], RATIO_METRICS)
+            pair = '%s/%s' % (key, base_key)
+            summary['ratios'][pair] = _ratios(
+                per_server[key], per_server[base_key], RATIO_METRICS)
+            paired = _paired_ratios(records, name, base, load)
+            if paired:
+                summary.setdefault('paired_cpu_ratios', {})[pair] = paired
     if 'raw' in loads:
         for load in loads:
             for name in server_names:
@@ -1149,6 +1176,12 @@ def parse_args(argv=None):
                    help='use an already running server instead')
     p.add_argument('--pid', type=int, default=None,
                    help='PID of that server, for CPU and memory figures')
+    p.add_argument('--pin', action='store_true',
+                   help='run managed servers on the last CPU and the load '
+                   'on the others')
+    p.add_argument('--baseline', default=None, metavar='SERVER',
+                   help='the server ratios divide by (default gearmand, '
+                   'else gearmand-mt)')
     p.add_argument('--base-root', default=None,
                    help='another checkout whose geard runs as geard-base')
     p.add_argument('--gear016-python', default=None,
@@ -1210,6 +1243,12 @@ def _main(argv=None):
     opts = parse_args(argv)
     # Turn SIGTERM into a normal exit so every server is stopped.
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+    if opts.pin:
+        cpus = servers_mod.pin()
+        if cpus is None:
+            sys.stderr.write('--pin: one CPU only, nothing pinned\n')
+        else:
+            emit({'pinned': {'server_cpus': cpus[0], 'load_cpus': cpus[1]}})
     factories, skipped = build_servers(opts)
     failed = False
     for scenario in opts.scenarios:
@@ -1222,7 +1261,10 @@ def _main(argv=None):
                   'skipped': 'measures the server alone: no library load'})
         records = []
         for round_no in range(1, opts.rounds + 1):
-            for name, factory in factories:
+            # Even rounds run the servers the other way round, so that
+            # neither always starts on a machine the other has warmed.
+            ordered = factories if round_no % 2 else factories[::-1]
+            for name, factory in ordered:
                 for load in loads:
                     record = run_one(scenario, factory(), opts, round_no,
                                      load)
@@ -1232,7 +1274,7 @@ def _main(argv=None):
                         failed = True
         if factories and loads:
             emit(summarize(scenario, records, [n for n, _ in factories],
-                           loads))
+                           loads, opts.baseline))
     if not factories:
         sys.stderr.write('no server could be run\n')
         return 2

@@ -161,6 +161,29 @@ class ExternalServer(object):
         self.stop()
 
 
+#: CPUs every managed server is confined to (``--pin``), or None.
+SERVER_CPUS = None
+
+
+def pin():
+    """Give managed servers the last CPU and this process (and the load
+    processes it forks) the others, so that server and load never share
+    a core's time or caches.  Returns (server CPUs, load CPUs), or None
+    on a machine with one CPU."""
+    global SERVER_CPUS
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    SERVER_CPUS = {cpus[-1]}
+    os.sched_setaffinity(0, cpus[:-1])
+    return sorted(SERVER_CPUS), cpus[:-1]
+
+
+def _confine():
+    if SERVER_CPUS is not None:
+        os.sched_setaffinity(0, SERVER_CPUS)
+
+
 class ManagedServer(object):
     """One server child process on a fresh loopback port."""
 
@@ -191,7 +214,8 @@ class ManagedServer(object):
         self.proc = subprocess.Popen(
             argv, cwd=self._cwd, env=self._env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=self._stderr,
-            start_new_session=True)
+            start_new_session=True,
+            preexec_fn=_confine if SERVER_CPUS is not None else None)
         _LIVE.add(self)
         try:
             wait_ready(self.host, self.port, timeout, self.proc)

@@ -75,6 +75,7 @@ _non_negative = _int_at_least(0)
 
 def build_parser():
     """The geard argument parser (kept separate so tests can inspect it)."""
+    from gear.server import exposition
     parser = argparse.ArgumentParser(
         prog='geard',
         description='Run a Gearman job server.',
@@ -186,6 +187,14 @@ def build_parser():
     parser.add_argument('--http-address', dest='http_address',
                         default='127.0.0.1', metavar='ADDR',
                         help='address the HTTP port listens on (default '
+                             '%(default)s)')
+    parser.add_argument('--metrics-histogram-functions',
+                        dest='histogram_functions', type=_non_negative,
+                        default=exposition.HISTOGRAM_FUNCTIONS,
+                        metavar='N',
+                        help='how many functions get wait and run '
+                             'histograms of their own in /metrics; the '
+                             'others share function="(other)" (default '
                              '%(default)s)')
     parser.add_argument('--semantics', dest='semantics',
                         choices=('gearmand', 'gear'), default='gearmand',
@@ -691,8 +700,9 @@ class Geard(object):
     def _startHTTP(self):
         from gear.server.http import HTTPServer
         try:
-            self.http = HTTPServer(self.server, self.args.http_address,
-                                   self.args.http_port).start()
+            self.http = HTTPServer(
+                self.server, self.args.http_address, self.args.http_port,
+                histogram_functions=self.args.histogram_functions).start()
         except Exception as e:
             self.server.shutdown()
             raise StartupError('cannot serve HTTP on %s port %s: %s' % (

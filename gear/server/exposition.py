@@ -25,6 +25,70 @@ def available():
     return None
 
 
+#: The ``function`` label of the wait and run histograms that the
+#: functions beyond a :class:`HistogramBudget` share.
+OTHER_FUNCTIONS = '(other)'
+#: How many functions get wait and run histograms of their own unless
+#: told otherwise.
+HISTOGRAM_FUNCTIONS = 1000
+
+
+class HistogramBudget(object):
+    """Which functions get wait and run histograms of their own.
+
+    A function's two histograms are 42 series; a CI farm whose ten
+    thousand functions all run jobs would expose 420,000 of them, more
+    than a scrape or Prometheus should carry.  The first ``limit``
+    functions a scrape finds with jobs keep their own histograms for the
+    life of the server, so that no series ever moves between a function
+    and the shared one; the rest are summed under
+    ``function="(other)"``.  Sums over all functions stay right either
+    way.  Counters and gauges are always per function.
+
+    Used under :class:`gear.server.http.StatusSource`'s lock.
+    """
+
+    def __init__(self, limit=HISTOGRAM_FUNCTIONS):
+        if limit < 0:
+            raise ValueError('the histogram budget cannot be negative')
+        self.limit = limit
+        self._owners = set()
+
+    def owns(self, name):
+        """Whether function ``name`` has histograms of its own."""
+        owners = self._owners
+        if name in owners:
+            return True
+        if len(owners) < self.limit:
+            owners.add(name)
+            return True
+        return False
+
+
+class _Sum(object):
+    """A histogram that several functions' observations add up to."""
+
+    def __init__(self):
+        self.bounds = self.cumulative = None
+        self.sum = 0.0
+        self.count = 0
+
+    def add(self, hist):
+        counts = [count for _, count in hist['buckets']]
+        if self.cumulative is None:
+            self.bounds = [bound for bound, _ in hist['buckets']]
+            self.cumulative = counts
+        else:
+            self.cumulative = [a + b for a, b in zip(self.cumulative,
+                                                     counts)]
+        self.sum += hist['sum']
+        self.count += hist['count']
+
+    def histogram(self):
+        return {'buckets': list(zip(self.bounds, self.cumulative)),
+                'sum': self.sum, 'count': self.count}
+
+
 def _cumulative(hist):
     buckets = [(repr(float(bound)), count)
                for bound, count in hist['buckets']]
@@ -33,10 +97,15 @@ def _cumulative(hist):
 
 
 class SnapshotCollector(object):
-    """Yields the metric families of the snapshot ``source()`` returns."""
+    """Yields the metric families of the snapshot ``source()`` returns.
 
-    def __init__(self, source):
+    :arg budget: a :class:`HistogramBudget` (by default a fresh one,
+        which is right for one scrape only).
+    """
+
+    def __init__(self, source, budget=None):
         self._source = source
+        self._budget = budget if budget is not None else HistogramBudget()
 
     def collect(self):
         from prometheus_client.core import (
@@ -111,6 +180,9 @@ class SnapshotCollector(object):
             'gearman_job_run_seconds',
             'Time from being handed to a worker to its final result.',
             labels=fn)
+        histograms = ((wait, 'wait_seconds'), (run, 'run_seconds'))
+        owns = self._budget.owns
+        others = {key: _Sum() for _, key in histograms}
         for f in snap['functions']:
             label = [f['name']]
             if not f['active']:
@@ -133,10 +205,19 @@ class SnapshotCollector(object):
                 submitted.add_metric([f['name'], priority], value)
             for key, family in counter_families.items():
                 family.add_metric(label, f[key])
-            for family, key in ((wait, 'wait_seconds'),
-                                (run, 'run_seconds')):
+            if not owns(f['name']):
+                for key, total in others.items():
+                    total.add(f[key])
+                continue
+            for family, key in histograms:
                 hist = f[key]
                 family.add_metric(label, _cumulative(hist), hist['sum'])
+        for family, key in histograms:
+            total = others[key]
+            if total.cumulative is not None:
+                hist = total.histogram()
+                family.add_metric([OTHER_FUNCTIONS], _cumulative(hist),
+                                  hist['sum'])
         yield from families.values()
         yield by_priority
         yield submitted
@@ -175,11 +256,14 @@ class SnapshotCollector(object):
                                   store['commit_failures'])
 
 
-def render(snap):
-    """The text exposition of one snapshot, as bytes."""
+def render(snap, budget=None):
+    """The text exposition of one snapshot, as bytes.
+
+    :arg budget: the server's :class:`HistogramBudget`.
+    """
     from prometheus_client import CollectorRegistry, generate_latest
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(lambda: snap))
+    registry.register(SnapshotCollector(lambda: snap, budget))
     return generate_latest(registry)
 
 

@@ -22,6 +22,7 @@ jobs once a second for the dashboard's charts.
 
 import collections
 import errno
+import functools
 import json
 import logging
 import selectors
@@ -215,14 +216,21 @@ class HTTPServer(object):
     :arg int max_clients: connections served at once; more are closed.
     :arg float max_rate: connections accepted per second (after a burst
         of as many); more wait in the listen backlog.
+    :arg int histogram_functions: how many functions get wait and run
+        histograms of their own in ``/metrics``
+        (:class:`gear.server.exposition.HistogramBudget`).
     """
 
     def __init__(self, server, host='127.0.0.1', port=0, max_age=1.0,
                  snapshot_wait=0.5, client_timeout=10.0, max_clients=2048,
-                 backlog=1024, max_rate=50.0):
+                 backlog=1024, max_rate=50.0,
+                 histogram_functions=exposition.HISTOGRAM_FUNCTIONS):
         if getattr(server, 'metrics', None) is None:
             raise ValueError('the server was created without metrics')
         self.source = StatusSource(server, max_age, snapshot_wait)
+        self._render_metrics = functools.partial(
+            exposition.render,
+            budget=exposition.HistogramBudget(histogram_functions))
         self.client_timeout = client_timeout
         self.max_clients = max_clients
         self.max_rate = float(max_rate)
@@ -431,7 +439,7 @@ class HTTPServer(object):
 
     def _metrics(self):
         return (exposition.content_type(),
-                self.source.rendered('metrics', exposition.render))
+                self.source.rendered('metrics', self._render_metrics))
 
     def _status(self):
         return ('application/json',

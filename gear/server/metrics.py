@@ -470,14 +470,11 @@ def _text(value):
 
 
 def _histogram(bounds, buckets, total):
-    """Cumulative ``[[bound, count], ...]`` plus sum and count."""
-    out = []
-    running = 0
-    for bound, n in zip(bounds, buckets):
-        running += n
-        out.append([bound, running])
-    count = running + buckets[-1]
-    return {'buckets': out, 'sum': total, 'count': count}
+    """Cumulative ``[(bound, count), ...]`` plus sum and count (a
+    snapshot holds two per function: made in C)."""
+    cumulative = list(itertools.accumulate(buckets))
+    return {'buckets': list(zip(bounds, cumulative)), 'sum': total,
+            'count': cumulative[-1]}
 
 
 def _queue_head(fq, precedence):

@@ -183,6 +183,49 @@ class MetricsTestCase(testtools.TestCase):
         self.assertEqual(sorted(functions),
                          [f['name'] for f in status['functions']])
 
+    def test_histograms_beyond_the_budget_are_shared(self):
+        srv = self.useFixture(MetricsServer(histogram_functions=2))
+        port = srv.server.port
+        names = ('budget-a', 'budget-b', 'budget-c', 'budget-d')
+        self.start_workers(port, 1, names)
+        c = client(port)
+        self.addCleanup(c.shutdown)
+        submitted = iter(range(1000))
+
+        def run(functions, jobs_each, total):
+            for f in functions:
+                for _ in range(jobs_each):
+                    c.submitJob(gear.Job(f, b'x', unique=b'job-%d'
+                                         % next(submitted)),
+                                background=True)
+            wait_for(lambda: srv.status()['totals']['done'] == total,
+                     message='%d jobs to finish' % total)
+            return srv.scrape()
+
+        def runs(samples, function):
+            return value(samples, 'gearman_job_run_seconds_count',
+                         default=None, function=function)
+
+        # The first two functions a scrape finds with jobs keep their
+        # own histograms for good.
+        samples = run(names[2:], 3, 6)
+        self.assertEqual([3, 3], [runs(samples, f) for f in names[2:]])
+        self.assertIsNone(runs(samples, exposition.OTHER_FUNCTIONS))
+
+        samples = run(names[:2], 2, 10)
+        self.assertEqual([None, None, 3, 3],
+                         [runs(samples, f) for f in names])
+        self.assertEqual(4, runs(samples, exposition.OTHER_FUNCTIONS))
+        self.assertEqual(4, value(
+            samples, 'gearman_job_queue_wait_seconds_bucket',
+            function=exposition.OTHER_FUNCTIONS, le='+Inf'))
+        # Counters stay per function.
+        for f in names[:2]:
+            finished = sum(value(samples, 'gearman_jobs_%s_total' % kind,
+                                 function=f)
+                           for kind in ('completed', 'failed', 'exception'))
+            self.assertEqual(2, finished)
+
     def test_queued_jobs_by_priority_and_their_age(self):
         srv = self.serve()
         c = client(srv.server.port)

@@ -182,6 +182,24 @@ class TestSummary(testtools.TestCase):
         self.assertEqual(
             12.5, ratios['gearmand:library/raw']['client_cpu_us_per_job'])
 
+    def test_paired_ratios_to_a_chosen_baseline(self):
+        records = [
+            {'server': name, 'round': round_no, 'verified': True,
+             'server_cpu_us_per_job': cpu}
+            for round_no, name, cpu in (
+                (1, 'geard', 2.0), (1, 'geard-http', 2.2),
+                (2, 'geard', 4.0), (2, 'geard-http', 4.0),
+                (3, 'geard', 3.0), (3, 'geard-http', 3.3))]
+        summary = loadgen.summarize('drain', records,
+                                    ['geard', 'geard-http'],
+                                    baseline='geard')
+        # Each round's ratio (1.1, 1.0, 1.1), not the medians' (3.3/3).
+        self.assertEqual({'rounds': 3, 'median': 1.1, 'mean': 1.067},
+                         summary['paired_cpu_ratios']['geard-http/geard'])
+        self.assertEqual(
+            1.1, summary['ratios']['geard-http/geard']
+            ['server_cpu_us_per_job'])
+
     def test_no_baseline_no_ratios(self):
         records = [{'server': 'geard', 'verified': True,
                     'jobs_per_sec': 5.0}]

@@ -171,6 +171,13 @@ class TestFlags(testtools.TestCase):
         self.assertRejected('--max-packet-size', '0')
         self.assertRejected('--max-connections', '0')
 
+    def test_metrics_histogram_functions(self):
+        self.assertEqual(1000, parse().histogram_functions)
+        self.assertEqual(0, parse('--metrics-histogram-functions',
+                                  '0').histogram_functions)
+        self.assertRejected('--metrics-histogram-functions', '-1')
+        self.assertRejected('--metrics-histogram-functions', 'all')
+
     def test_acl_path(self):
         self.assertEqual('/etc/geard/acl.ini',
                          parse('--acl', '/etc/geard/acl.ini').acl)

@@ -320,6 +320,25 @@ class RecorderTestCase(testtools.TestCase):
         self.assertNotIn(('gearman_jobs_completed_total', idle), samples)
         self.assertNotIn(('gearman_job_run_seconds_count', idle), samples)
 
+    def test_a_budget_of_none_shares_every_histogram(self):
+        self.tick()
+        for name in (b'one', b'two', b'two'):
+            self.server.submit(self.recorder, name)
+        self.tick(3.0)
+        snap = metrics.snapshot(self.server, self.recorder)
+        from prometheus_client.parser import text_string_to_metric_families
+        budget = exposition.HistogramBudget(0)
+        text = exposition.render(snap, budget).decode('utf8')
+        buckets = {s.labels['function']: s.value
+                   for fam in text_string_to_metric_families(text)
+                   for s in fam.samples
+                   if s.name == 'gearman_job_queue_wait_seconds_bucket'
+                   and s.labels['le'] == '+Inf'}
+        # Queued jobs are in no histogram yet, but the shared series is
+        # there from the start.
+        self.assertEqual({exposition.OTHER_FUNCTIONS: 0}, buckets)
+        self.assertRaises(ValueError, exposition.HistogramBudget, -1)
+
 
 class Conn(object):
     """What a snapshot reads of a connection."""
