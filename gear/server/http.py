@@ -217,8 +217,8 @@ class HTTPServer(object):
     :arg float max_rate: connections accepted per second (after a burst
         of as many); more wait in the listen backlog.
     :arg int histogram_functions: how many functions get wait and run
-        histograms of their own in ``/metrics``
-        (:class:`gear.server.exposition.HistogramBudget`).
+        histograms of their own in ``/metrics`` (the first to have
+        jobs); the others share ``function="(other)"``.
     """
 
     def __init__(self, server, host='127.0.0.1', port=0, max_age=1.0,
