@@ -55,11 +55,13 @@ class HistogramBudget(object):
         self._owners = set()
 
     def owns(self, name):
-        """Whether function ``name`` has histograms of its own."""
+        """Whether function ``name`` has histograms of its own.  A
+        function named ``(other)`` never has: its series would clash with
+        the shared ones."""
         owners = self._owners
         if name in owners:
             return True
-        if len(owners) < self.limit:
+        if len(owners) < self.limit and name != OTHER_FUNCTIONS:
             owners.add(name)
             return True
         return False

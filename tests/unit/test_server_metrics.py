@@ -339,6 +339,23 @@ class RecorderTestCase(testtools.TestCase):
         self.assertEqual({exposition.OTHER_FUNCTIONS: 0}, buckets)
         self.assertRaises(ValueError, exposition.HistogramBudget, -1)
 
+    def test_a_function_named_like_the_shared_series_shares_it(self):
+        self.tick()
+        for name in (b'(other)', b'beyond', b'kept'):
+            self.server.submit(self.recorder, name)
+        self.tick(3.0)
+        snap = metrics.snapshot(self.server, self.recorder)
+        from prometheus_client.parser import text_string_to_metric_families
+        budget = exposition.HistogramBudget(1)
+        self.assertTrue(budget.owns('kept'))
+        text = exposition.render(snap, budget).decode('utf8')
+        counts = [s.labels['function']
+                  for fam in text_string_to_metric_families(text)
+                  for s in fam.samples
+                  if s.name == 'gearman_job_run_seconds_count']
+        # One series per label: the scrape stays valid.
+        self.assertEqual(['kept', exposition.OTHER_FUNCTIONS], counts)
+
 
 class Conn(object):
     """What a snapshot reads of a connection."""
