@@ -348,7 +348,8 @@ class GeardHTTPTestCase(testtools.TestCase):
     @pytest.mark.slow
     def test_geard_serves_metrics_and_gear_admin_reads_them(self):
         http_port = free_port()
-        geard = self.useFixture(Geard('--http-port', str(http_port)))
+        geard = self.useFixture(Geard('--http-port', str(http_port),
+                                      '--metrics-histogram-functions', '0'))
         geard.wait_ready()
         geard.wait_line(r'Metrics at http://127\.0\.0\.1:%d/metrics'
                         % http_port)
@@ -367,6 +368,12 @@ class GeardHTTPTestCase(testtools.TestCase):
                                   function='geard-fn'))
         self.assertEqual(1, value(samples, 'gearman_up'))
         self.assertIn('gearman_version_info', {k[0] for k in samples})
+        # No function has histograms of its own: the shared pair is there.
+        self.assertEqual(0, value(samples, 'gearman_job_run_seconds_count',
+                                  function=exposition.OTHER_FUNCTIONS))
+        self.assertEqual(None, value(samples,
+                                     'gearman_job_run_seconds_count',
+                                     default=None, function='geard-fn'))
 
         proc = subprocess.run(
             [sys.executable, '-m', 'gear.cmd.admin', '--http', url,
