@@ -320,39 +320,39 @@ class RecorderTestCase(testtools.TestCase):
         self.assertNotIn(('gearman_jobs_completed_total', idle), samples)
         self.assertNotIn(('gearman_job_run_seconds_count', idle), samples)
 
-    def test_a_budget_of_none_shares_every_histogram(self):
+    def scrape_with_budget(self, names, budget):
+        """The samples of /metrics with ``budget`` once a job of each of
+        ``names`` has been queued: [(name, labels, value), ...]."""
+        from prometheus_client.parser import text_string_to_metric_families
         self.tick()
-        for name in (b'one', b'two', b'two'):
+        for name in names:
             self.server.submit(self.recorder, name)
         self.tick(3.0)
         snap = metrics.snapshot(self.server, self.recorder)
-        from prometheus_client.parser import text_string_to_metric_families
-        budget = exposition.HistogramBudget(0)
         text = exposition.render(snap, budget).decode('utf8')
-        buckets = {s.labels['function']: s.value
-                   for fam in text_string_to_metric_families(text)
-                   for s in fam.samples
-                   if s.name == 'gearman_job_queue_wait_seconds_bucket'
-                   and s.labels['le'] == '+Inf'}
+        return [(s.name, s.labels, s.value)
+                for fam in text_string_to_metric_families(text)
+                for s in fam.samples]
+
+    def test_a_budget_of_none_shares_every_histogram(self):
+        samples = self.scrape_with_budget(
+            (b'one', b'two', b'two'), exposition.HistogramBudget(0))
+        buckets = {labels['function']: value
+                   for name, labels, value in samples
+                   if name == 'gearman_job_queue_wait_seconds_bucket'
+                   and labels['le'] == '+Inf'}
         # Queued jobs are in no histogram yet, but the shared series is
         # there from the start.
         self.assertEqual({exposition.OTHER_FUNCTIONS: 0}, buckets)
         self.assertRaises(ValueError, exposition.HistogramBudget, -1)
 
     def test_a_function_named_like_the_shared_series_shares_it(self):
-        self.tick()
-        for name in (b'(other)', b'beyond', b'kept'):
-            self.server.submit(self.recorder, name)
-        self.tick(3.0)
-        snap = metrics.snapshot(self.server, self.recorder)
-        from prometheus_client.parser import text_string_to_metric_families
         budget = exposition.HistogramBudget(1)
         self.assertTrue(budget.owns('kept'))
-        text = exposition.render(snap, budget).decode('utf8')
-        counts = [s.labels['function']
-                  for fam in text_string_to_metric_families(text)
-                  for s in fam.samples
-                  if s.name == 'gearman_job_run_seconds_count']
+        samples = self.scrape_with_budget(
+            (b'(other)', b'beyond', b'kept'), budget)
+        counts = [labels['function'] for name, labels, _ in samples
+                  if name == 'gearman_job_run_seconds_count']
         # One series per label: the scrape stays valid.
         self.assertEqual(['kept', exposition.OTHER_FUNCTIONS], counts)
 
